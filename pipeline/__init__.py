@@ -1,0 +1,1 @@
+"""beam-image-labeler: options, graph and entry point of the labelling pipeline."""

@@ -1,0 +1,123 @@
+"""Start-up validation: LabelerOptions -> a checked Config, or ConfigError before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import LabelerOptions
+from transforms.inputs import URI_COLUMN, manifest_columns, manifest_kind, normalize_uri
+from transforms.labels import load_labels
+from transforms.model import is_remote_file_uri
+
+
+class ConfigError(ValueError):
+    """A bad option: the message says what is wrong and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    inputs: tuple[str, ...]
+    manifest: str | None
+    output: str
+    model: str
+    labels: tuple[str, ...]
+    top_k: int
+    image_size: int
+    batch_size: int
+    date: str
+    run_id: str
+
+
+def check_model(handle: str) -> None:
+    """http(s) handles must be fetchable; gs:// and local paths must hold a SavedModel."""
+    if FileSystems.get_scheme(handle) in ("http", "https"):
+        import tensorflow_hub as hub
+
+        try:
+            hub.resolve(handle)  # downloads into TFHUB_CACHE_DIR once; later runs reuse it
+        except Exception as e:  # noqa: BLE001 - any failure means the same to the user
+            raise ConfigError(
+                f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
+                "the SavedModel where the internet is reachable, copy it here or to gs://, "
+                "and pass --model /path/to/saved_model_dir (README: 'Running offline')"
+            ) from e
+        return
+    if not is_remote_file_uri(handle) and not os.path.isdir(handle):
+        raise ConfigError(f"--model {handle} does not exist; pass a SavedModel directory")
+    if not FileSystems.exists(FileSystems.join(handle.rstrip("/"), "saved_model.pb")):
+        raise ConfigError(
+            f"--model {handle} is not a SavedModel directory (no saved_model.pb in it)"
+        )
+
+
+def check_inputs(patterns: list[str], manifest: str | None) -> None:
+    if not patterns and not manifest:
+        raise ConfigError("no input: pass --input PATTERN and/or --input_manifest PATH")
+    for pattern in patterns:
+        try:
+            found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+        except Exception as e:  # noqa: BLE001 - unreachable bucket, bad credentials, ...
+            raise ConfigError(f"--input {pattern}: cannot list it ({e})") from e
+        if not found:
+            raise ConfigError(f"--input {pattern} matches no file; check the path and glob")
+    if manifest:
+        if not FileSystems.exists(manifest):
+            raise ConfigError(f"--input_manifest {manifest} does not exist")
+        if manifest_kind(manifest) != "text" and URI_COLUMN not in manifest_columns(manifest):
+            raise ConfigError(
+                f"--input_manifest {manifest} has no '{URI_COLUMN}' column; name the column "
+                f"of image URIs '{URI_COLUMN}'"
+            )
+
+
+def check_date(date: str | None) -> str:
+    if date is None:
+        return dt.datetime.now(dt.UTC).date().isoformat()
+    try:
+        return dt.date.fromisoformat(date).isoformat()
+    except ValueError:
+        raise ConfigError(f"--date {date} is not a date; use YYYY-MM-DD") from None
+
+
+def validate(opts: LabelerOptions) -> Config:
+    """Checks every option once, cheapest first, before the model or any image is touched."""
+    if not opts.output:
+        raise ConfigError("--output is required: the folder or gs:// prefix to write to")
+    if opts.image_size is None or opts.image_size <= 0:
+        raise ConfigError(
+            f"--image_size must be a positive number of pixels, not {opts.image_size}"
+        )
+    if opts.batch_size is None or opts.batch_size <= 0:
+        raise ConfigError(f"--batch_size must be a positive number, not {opts.batch_size}")
+    date = check_date(opts.date)
+    try:
+        labels = load_labels(opts.labels_file)
+    except Exception as e:  # noqa: BLE001 - missing, unreadable, not UTF-8
+        raise ConfigError(f"--labels {opts.labels_file} cannot be read ({e})") from e
+    if not labels:
+        raise ConfigError(f"--labels {opts.labels_file} is empty; it needs one class name a line")
+    if not 1 <= opts.top_k <= len(labels):
+        raise ConfigError(f"--top_k must be between 1 and {len(labels)}, not {opts.top_k}")
+    patterns = [normalize_uri(p) for p in opts.input or []]
+    manifest = normalize_uri(opts.input_manifest) if opts.input_manifest else None
+    check_inputs(patterns, manifest)
+    model = opts.model if FileSystems.get_scheme(opts.model) else normalize_uri(opts.model)
+    check_model(model)
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return Config(
+        inputs=tuple(patterns),
+        manifest=manifest,
+        output=normalize_uri(opts.output),
+        model=model,
+        labels=tuple(labels),
+        top_k=opts.top_k,
+        image_size=opts.image_size,
+        batch_size=opts.batch_size,
+        date=date,
+        run_id=run_id,
+    )

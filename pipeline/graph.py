@@ -1,0 +1,59 @@
+"""The pipeline's shape: list -> read+decode -> RunInference -> top-k -> Parquet, with errors
+flowing beside it into their own partition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from pipeline.config import Config
+from transforms import sink
+from transforms.decode import ERRORS, ReadAndDecode
+from transforms.inputs import ListInputs
+from transforms.model import ImageClassifierHandler
+from transforms.postprocess import ToPredictionRow, failed_batch_rows
+from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
+
+
+@dataclasses.dataclass
+class LabelOutputs:
+    predictions: beam.PCollection
+    errors: beam.PCollection
+
+
+def model_handler(config: Config) -> KeyedModelHandler:
+    return KeyedModelHandler(
+        ImageClassifierHandler(
+            config.model,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            num_classes=len(config.labels),
+        )
+    )
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
+    uris = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest)
+    decoded = uris | "ReadAndDecode" >> beam.ParDo(ReadAndDecode(config.image_size)).with_outputs(
+        ERRORS, main="images"
+    )
+    inferred, dead_letters = (
+        decoded.images
+        | "RunInference" >> RunInference(model_handler(config)).with_exception_handling()
+    )
+    predictions = inferred | "TopK" >> beam.ParDo(
+        ToPredictionRow(config.labels, config.top_k, config.model)
+    )
+    inference_errors = dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        failed_batch_rows
+    )
+    errors = (decoded[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
+
+    def write(kind, schema):
+        return sink.WritePartition(config.output, kind, config.date, config.run_id, schema)
+
+    _ = predictions | "WritePredictions" >> write(sink.PREDICTIONS, PREDICTION_SCHEMA)
+    _ = errors | "WriteErrors" >> write(sink.ERRORS, ERROR_SCHEMA)
+    return LabelOutputs(predictions, errors)

@@ -1,0 +1,68 @@
+"""Entry point: parse and validate options, build the pipeline, run it, print a summary.
+
+python -m pipeline.run --input 'photos/**.jpg' --output out/ [beam options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
+
+from pipeline.config import Config, ConfigError, validate
+from pipeline.graph import build_pipeline
+from pipeline.options import LabelerOptions
+from pipeline.summary import summarize
+
+PROG = "python -m pipeline.run"
+
+
+def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
+    """--help lists the labeller's flags; every other flag is left to Beam."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Label images with EfficientNet-B3 on Apache Beam; predictions and "
+        "errors are written as date-partitioned Parquet.",
+        epilog="Any other flag is a Beam pipeline option (--runner, --project, ...); the "
+        "runner defaults to DirectRunner.",
+    )
+    LabelerOptions._add_argparse_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser.parse_known_args(argv)  # exits on --help and on malformed values
+    options = PipelineOptions(argv)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "DirectRunner"  # never the network-fetched default runner
+    return options
+
+
+def run(argv: Sequence[str] | None = None) -> PipelineResult:
+    """Runs the job to completion; raises ConfigError on a bad option before any work."""
+    options = parse_options(argv)
+    config: Config = validate(options.view_as(LabelerOptions))
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print(summarize(result, config, time.monotonic() - started), file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run()
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

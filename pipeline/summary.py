@@ -1,0 +1,36 @@
+"""After the run: the counters of the metrics namespace -> the one-line summary."""
+
+from __future__ import annotations
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
+
+from pipeline.config import Config
+from transforms import sink
+from transforms.metrics import NAMESPACE, STAGES
+
+
+def counters(result: PipelineResult) -> dict[str, int]:
+    """Committed counter values of the labeller's namespace, by name."""
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + (value or 0)
+    return totals
+
+
+def summarize(result: PipelineResult, config: Config, seconds: float) -> str:
+    counts = counters(result)
+    labelled = counts.get("images_labelled", 0)
+    by_stage = {s: counts.get(f"failed_{s}", 0) for s in STAGES}
+    failed = sum(by_stage.values())
+    detail = ", ".join(f"{n} {s}" for s, n in by_stage.items() if n)
+    rate = (labelled + failed) / seconds if seconds > 0 else 0.0
+    return (
+        f"labelled {labelled} of {counts.get('images_read', 0)} images, {failed} failed"
+        f"{f' ({detail})' if detail else ''} in {seconds:.1f} s ({rate:.1f} images/s); "
+        f"predictions: {sink.partition_dir(config.output, sink.PREDICTIONS, config.date)}, "
+        f"errors: {sink.partition_dir(config.output, sink.ERRORS, config.date)}"
+    )

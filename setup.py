@@ -1,0 +1,18 @@
+"""Packages the pipeline for workers (--setup_file) and installs the label-images command."""
+
+import setuptools
+
+with open("requirements.txt") as f:
+    REQUIREMENTS = [line.strip() for line in f if line.strip() and not line.startswith(("#", "-"))]
+
+setuptools.setup(
+    name="beam-image-labeler",
+    version="0.1.0",
+    description="Label images offline with EfficientNet-B3 on Apache Beam.",
+    packages=["pipeline", "transforms"],
+    package_data={"transforms": ["data/*.txt"]},
+    include_package_data=True,
+    install_requires=REQUIREMENTS,
+    python_requires=">=3.10",
+    entry_points={"console_scripts": ["label-images=pipeline.run:main"]},
+)

@@ -1,0 +1,1 @@
+"""The pipeline's stages: list inputs, decode, infer, post-process, write."""
