@@ -16,10 +16,8 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(logits, dtype=np.float64)
     exp = np.exp(logits - logits.max())
     probs = exp / exp.sum()
-    k = min(k, probs.size)
-    best = np.argpartition(-probs, k - 1)[:k]
     # Highest probability first; equal probabilities in class-id order.
-    best = best[np.lexsort((best, -probs[best]))]
+    best = np.argsort(-probs, kind="stable")[:k]
     return best.astype(np.int32), probs[best].astype(np.float32)
 
 

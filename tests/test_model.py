@@ -1,0 +1,44 @@
+"""The model handler: loading a SavedModel, the uint8 -> [0, 1] scaling, output checks."""
+
+import numpy as np
+import pytest
+
+from tests.savedmodels import expected_probe_logits
+from transforms.model import ImageClassifierHandler, copy_model_locally, is_remote_file_uri
+
+
+def test_handler_scales_uint8_to_unit_range(probe_model):
+    handler = ImageClassifierHandler(probe_model, image_size=32, batch_size=4, num_classes=1000)
+    model = handler.load_model()
+    rng = np.random.default_rng(1)
+    batch = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    results = handler.run_inference(batch, model)
+    assert len(results) == 3
+    for image, result in zip(batch, results, strict=True):
+        np.testing.assert_allclose(result.inference, expected_probe_logits(image), atol=1e-4)
+
+
+def test_handler_batches_at_the_configured_size(probe_model):
+    handler = ImageClassifierHandler(probe_model, image_size=32, batch_size=8)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8}
+    assert handler.get_num_bytes([np.zeros((32, 32, 3), np.uint8)] * 2) == 2 * 32 * 32 * 3
+
+
+def test_label_count_must_match_model_outputs(probe_model):
+    handler = ImageClassifierHandler(probe_model, image_size=32, batch_size=4, num_classes=10)
+    with pytest.raises(ValueError, match="1000 outputs but the labels file has 10"):
+        handler.load_model()
+
+
+def test_remote_uris_are_recognised():
+    assert is_remote_file_uri("gs://bucket/model")
+    assert not is_remote_file_uri("/models/b3")
+    assert not is_remote_file_uri("https://tfhub.dev/tensorflow/efficientnet/b3/classification/1")
+
+
+def test_copy_model_locally_copies_every_file_once(probe_model, tmp_path):
+    local = copy_model_locally(probe_model, str(tmp_path))
+    assert (tmp_path / local.split("/")[-1] / "saved_model.pb").exists()
+    assert copy_model_locally(probe_model, str(tmp_path)) == local
+    handler = ImageClassifierHandler(local, image_size=8, batch_size=1)
+    assert handler.run_inference([np.zeros((8, 8, 3), np.uint8)], handler.load_model())

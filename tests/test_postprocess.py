@@ -1,0 +1,44 @@
+"""top-k and row building, against a plain sort of an independently computed softmax."""
+
+import numpy as np
+import pytest
+
+from transforms.postprocess import prediction_row, top_k
+
+
+def reference_softmax(logits):
+    e = np.exp(np.asarray(logits, dtype=np.float64))
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_k_matches_a_full_sort(seed):
+    logits = np.random.default_rng(seed).normal(0, 3, 1000).astype(np.float32)
+    ids, scores = top_k(logits, 5)
+    probs = reference_softmax(logits)
+    expected = np.argsort(-probs, kind="stable")[:5]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, probs[expected], rtol=1e-5)
+    assert ids.dtype == np.int32 and scores.dtype == np.float32
+
+
+def test_top_k_is_stable_for_large_logits_and_ties():
+    logits = np.zeros(10, np.float32)
+    logits[[7, 3]] = 1000.0  # would overflow a naive exp
+    ids, scores = top_k(logits, 3)
+    assert ids.tolist() == [3, 7, 0]
+    np.testing.assert_allclose(scores[:2], [0.5, 0.5])
+
+
+def test_k_larger_than_classes_returns_all():
+    ids, _ = top_k(np.array([0.0, 2.0, 1.0]), 10)
+    assert ids.tolist() == [1, 2, 0]
+
+
+def test_prediction_row_names_labels():
+    labels = ["a", "b", "c"]
+    row = prediction_row("gs://b/x.jpg", np.array([0.0, 5.0, 1.0]), labels, 2, "m")
+    assert row["uri"] == "gs://b/x.jpg" and row["model"] == "m"
+    assert row["class_ids"] == [1, 2] and row["labels"] == ["b", "c"]
+    assert row["processed_at"].tzinfo is not None
+    assert sum(reference_softmax([0, 5, 1])[[1, 2]]) == pytest.approx(sum(row["scores"]))
