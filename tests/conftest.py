@@ -30,3 +30,50 @@ def failing_model(tmp_path_factory) -> str:
     from tests.savedmodels import Failing, save
 
     return save(Failing(), str(tmp_path_factory.mktemp("models") / "failing"))
+
+
+@pytest.fixture(scope="session")
+def probe_labels(tmp_path_factory) -> str:
+    """Names for the GridProbe's classes: 'r{row}c{col}-{channel}', then 'other-N'."""
+    from tests.savedmodels import GRID, probe_class
+
+    names = [f"other-{i}" for i in range(1000)]
+    for row in range(GRID):
+        for col in range(GRID):
+            for channel, name in enumerate("RGB"):
+                names[probe_class(row, col, channel)] = f"r{row}c{col}-{name}"
+    path = tmp_path_factory.mktemp("labels") / "probe_labels.txt"
+    path.write_text("\n".join(names) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def image_dir(tmp_path, sample_jpeg) -> dict:
+    """A folder of good photos (some nested), lit-patch images and every kind of bad file.
+
+    Returns {"root": path, "good": [uris], "patches": {uri: (row, col, channel)},
+    "bad": {uri: reason}}.
+    """
+    from PIL import Image
+
+    from tests.images import BAD_REASONS, SAMPLES, bad_files, encode, patch_image
+
+    root = tmp_path / "images"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    good, patches, bad = [], {}, {}
+    for i, name in enumerate(SAMPLES):
+        photo = Image.open(SAMPLES_DIR / f"{name}.jpg")
+        for j, box in enumerate([(0, 0, 200, 150), (100, 50, 400, 300), None]):
+            folder = root if j == 0 else root / "nested" if j == 1 else root / "nested" / "deeper"
+            path = folder / f"{name}_{j}.jpg"
+            path.write_bytes(encode(photo.crop(box) if box else photo, "JPEG", quality=90))
+            good.append(str(path))
+        row, col, channel = i % 4, (i * 3) % 4, i % 3
+        path = root / f"patch_{i}.png"
+        path.write_bytes(encode(Image.fromarray(patch_image(64, row, col, channel)), "PNG"))
+        patches[str(path)] = (row, col, channel)
+    for name, data in bad_files(sample_jpeg).items():
+        path = root / name
+        path.write_bytes(data)
+        bad[str(path)] = BAD_REASONS[name]
+    return {"root": root, "good": good, "patches": patches, "bad": bad}

@@ -115,7 +115,8 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
             return module(tf.cast(images, tf.float32) / 255.0)
 
         logits.module = module  # keep the restored variables alive with the function
-        outputs = logits(np.zeros((1, size, size, 3), np.uint8)).shape[-1]
+        # One grey image traces the function and tells the number of outputs.
+        outputs = logits(np.full((1, size, size, 3), 128, np.uint8)).shape[-1]
         if self._num_classes is not None and outputs != self._num_classes:
             raise ValueError(
                 f"model {self._model} has {outputs} outputs but the labels file has "

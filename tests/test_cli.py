@@ -1,0 +1,110 @@
+"""The real command line, run as a user runs it: layout and schema on disk, summary, errors."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT
+from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_every_flag():
+    out = cli("--help").stdout
+    for flag in [
+        "--input",
+        "--input_manifest",
+        "--output",
+        "--model",
+        "--labels",
+        "--top_k",
+        "--image_size",
+        "--batch_size",
+        "--date",
+    ]:
+        assert f"{flag} " in out or f"{flag}\n" in out
+
+
+def test_cli_labels_a_folder_into_hive_partitioned_parquet(image_dir, probe_model, tmp_path):
+    out = tmp_path / "out"
+    proc = cli(
+        f"--input={image_dir['root']}/**",
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=64",
+        "--batch_size=8",
+        "--date=2025-01-31",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_good = len(image_dir["good"]) + len(image_dir["patches"])
+    n_bad = len(image_dir["bad"])
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert summary.startswith(f"labelled {n_good} of {n_good + n_bad} images, {n_bad} failed")
+    assert f"{out}/predictions/date=2025-01-31" in summary
+
+    for kind, schema, rows in [
+        ("predictions", PREDICTION_SCHEMA, n_good),
+        ("errors", ERROR_SCHEMA, n_bad),
+    ]:
+        partition = out / kind / "date=2025-01-31"
+        leftovers = [p for p in partition.iterdir() if not p.name.endswith(".parquet")]
+        assert leftovers == [], "temporary files were left behind"
+        files = sorted(partition.glob("part-*.parquet"))
+        assert files, f"no {kind} file landed"
+        assert pq.read_schema(files[0]).remove_metadata() == schema
+        table = ds.dataset(out / kind, partitioning="hive").to_table()
+        assert table.num_rows == rows
+        assert table.column("date").unique().to_pylist() == ["2025-01-31"]
+        assert table.schema.field("date") is not None
+
+
+BAD_OPTIONS = [
+    (["--top_k=0"], "--top_k must be between 1 and 1000"),
+    (["--top_k=1001"], "--top_k must be between 1 and 1000"),
+    (["--image_size=0"], "--image_size must be a positive"),
+    (["--batch_size=-1"], "--batch_size must be a positive"),
+    (["--labels=/nonexistent/labels.txt"], "--labels /nonexistent/labels.txt cannot be read"),
+    (["--date=yesterday"], "--date yesterday is not a date"),
+    (["--input=/nonexistent/*.jpg"], "matches no file"),
+    (["--model=/nonexistent/model"], "--model /nonexistent/model does not exist"),
+    (["--model=MODEL_NOT_SAVEDMODEL"], "is not a SavedModel directory"),
+    (["--model=https://127.0.0.1:9/efficientnet/b3"], "pass --model /path/to/saved_model_dir"),
+    (["--input_manifest=MANIFEST_NO_URI"], "has no 'uri' column"),
+    (["--output="], "--output is required"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_OPTIONS)
+def test_bad_options_stop_before_any_work(extra, message, image_dir, probe_model, tmp_path):
+    no_uri = tmp_path / "manifest.csv"
+    no_uri.write_text("path\n/a.jpg\n")
+    extra = [
+        e.replace("MODEL_NOT_SAVEDMODEL", str(tmp_path)).replace("MANIFEST_NO_URI", str(no_uri))
+        for e in extra
+    ]
+    out = tmp_path / "out"
+    args = [f"--input={image_dir['root']}/*.png", f"--output={out}", f"--model={probe_model}"]
+    proc = cli(*args, *extra, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # TensorFlow's C++ start-up lines may precede ours (the hub check imports it); ours is
+    # the one line that says what is wrong, and it is last.
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("python -m pipeline")]
+    assert len(ours) == 1 and message in ours[0], proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == ours[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
