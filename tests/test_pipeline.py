@@ -22,14 +22,17 @@ def config_for(*args: str):
     return validate(PipelineOptions(list(args)).view_as(LabelerOptions))
 
 
+def read_rows(root: str, kind: str) -> list[dict]:
+    return ds.dataset(f"{root}/{kind}", partitioning="hive").to_table().to_pylist()
+
+
 def run_graph(config):
     """Runs the graph on DirectRunner; returns (result, predictions, errors) as row lists."""
     pipeline = TestPipeline(runner="DirectRunner")
     outputs = build_pipeline(pipeline, config)
     result = pipeline.run()
     result.wait_until_finish()
-    read = lambda kind: ds.dataset(f"{config.output}/{kind}", partitioning="hive").to_table()
-    return result, read("predictions").to_pylist(), read("errors").to_pylist(), outputs
+    return result, read_rows(config.output, "predictions"), read_rows(config.output, "errors"), outputs
 
 
 def counter_values(result) -> dict:
