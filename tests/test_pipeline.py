@@ -32,7 +32,8 @@ def run_graph(config):
     outputs = build_pipeline(pipeline, config)
     result = pipeline.run()
     result.wait_until_finish()
-    return result, read_rows(config.output, "predictions"), read_rows(config.output, "errors"), outputs
+    rows = [read_rows(config.output, kind) for kind in ("predictions", "errors")]
+    return result, rows[0], rows[1], outputs
 
 
 def counter_values(result) -> dict:
