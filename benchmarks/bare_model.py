@@ -1,0 +1,31 @@
+"""The limit: the bare SavedModel on pre-decoded float batches, no pipeline around it.
+
+Prints one JSON line: load seconds, first-batch seconds, steady images/s at the batch size.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def main(model: str, batch_size: int, batches: int) -> None:
+    started = time.perf_counter()
+    import tensorflow as tf
+
+    module = tf.saved_model.load(model)
+    loaded = time.perf_counter()
+    images = np.random.default_rng(0).random((batch_size, 300, 300, 3), dtype=np.float32)
+    module(images).numpy()
+    first = time.perf_counter()
+    module(images).numpy()  # second warm-up: one-off allocations settle
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        module(images).numpy()
+    rate = batches * batch_size / (time.perf_counter() - t0)
+    print(json.dumps({"load_s": loaded - started, "first_batch_s": first - loaded, "rate": rate}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -1,0 +1,153 @@
+"""One command, one machine: the bare model's limit, decode cost, and the real pipeline
+(python -m pipeline.run on DirectRunner) end to end, with peak memory at N and 10 x N.
+
+    .venv/bin/python -m benchmarks.run [--n 300] [--batch_size 32] [--memory]
+
+Prints a table and the ratios pipeline/bare; writes them to benchmarks/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from benchmarks.workload import build_b3, make_photos
+from transforms.preprocess import decode_and_resize
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def run_child(cmd: list[str]) -> tuple[float, int, str]:
+    """Runs cmd; returns (wall seconds, peak RSS in MiB of that process, its output)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
+    return wall, usage.ru_maxrss // 1024, out.decode() + err.decode()
+
+
+def decode_rate(paths: list[str]) -> float:
+    data = [open(p, "rb").read() for p in paths]
+    t0 = time.perf_counter()
+    for d in data:
+        decode_and_resize(d, 300)
+    return len(data) / (time.perf_counter() - t0)
+
+
+def pipeline_run(photos: str, model: str, out: str, batch_size: int) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        f"--input={photos}/*.jpg",
+        f"--output={out}",
+        f"--model={model}",
+        f"--batch_size={batch_size}",
+        "--runner=DirectRunner",
+    ]
+    started = time.time()
+    wall, peak_mib, _ = run_child(cmd)
+    table = ds.dataset(os.path.join(out, "predictions"), partitioning="hive").to_table()
+    stamps = np.sort(table.column("processed_at").cast("int64").to_numpy()) / 1e6
+    first_batch = min(batch_size, len(stamps)) - 1
+    steady = (len(stamps) - 1 - first_batch) / (stamps[-1] - stamps[first_batch])
+    return {
+        "images": len(stamps),
+        "wall_s": wall,
+        "end_to_end_rate": len(stamps) / wall,
+        "steady_rate": steady,
+        "first_prediction_s": stamps[0] - started,
+        "peak_rss_mib": peak_mib,
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="photos in the main run")
+    parser.add_argument("--batch_size", type=int, default=32, help="inference batch size")
+    parser.add_argument("--memory", action="store_true", help="also run 10 x N for memory")
+    parser.add_argument("--workdir", default="/tmp/image-labeler-bench", help="scratch folder")
+    args = parser.parse_args(argv)
+
+    work = args.workdir
+    model = build_b3(os.path.join(work, "b3"))
+    sizes = [args.n] + ([10 * args.n] if args.memory else [])
+    folders = {}
+    for n in sizes:
+        folders[n] = os.path.join(work, f"photos_{n}")
+        if len(os.listdir(folders[n]) if os.path.isdir(folders[n]) else []) != n:
+            make_photos(n, folders[n])
+
+    _, _, bare_out = run_child(
+        [sys.executable, "-m", "benchmarks.bare_model", model, str(args.batch_size), "8"]
+    )
+    bare = json.loads(bare_out.strip().splitlines()[0])
+    decode = decode_rate(
+        sorted(os.path.join(folders[args.n], f) for f in os.listdir(folders[args.n]))[:200]
+    )
+    runs = {}
+    for n in sizes:
+        out = os.path.join(work, f"out_{n}_{int(time.time())}")
+        runs[n] = pipeline_run(folders[n], model, out, args.batch_size)
+
+    main_run = runs[args.n]
+    limit_wall = args.n / bare["rate"]
+    report = {
+        "machine": f"{platform.node()} {os.cpu_count()} cores {platform.processor()}".strip(),
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "bare_rate": bare["rate"],
+        "bare_load_s": bare["load_s"],
+        "bare_first_batch_s": bare["first_batch_s"],
+        "decode_rate_per_core": decode,
+        "pipeline": {str(n): r for n, r in runs.items()},
+        "ratio_steady": main_run["steady_rate"] / bare["rate"],
+        "ratio_end_to_end": limit_wall / main_run["wall_s"],
+    }
+    if args.memory:
+        report["memory_ratio_10x"] = runs[10 * args.n]["peak_rss_mib"] / main_run["peak_rss_mib"]
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"machine: {report['machine']}; N={args.n}, batch {args.batch_size}")
+    print(f"{'measure':<50}{'value':>10}")
+    rows = [
+        ("bare model, steady (images/s)", bare["rate"]),
+        ("bare model, load (s)", bare["load_s"]),
+        ("bare model, first batch (s)", bare["first_batch_s"]),
+        ("decode+resize 500x375 JPEG, one core (images/s)", decode),
+    ]
+    for n, r in runs.items():
+        rows += [
+            (f"pipeline N={n}: whole process (s)", r["wall_s"]),
+            (f"pipeline N={n}: end to end (images/s)", r["end_to_end_rate"]),
+            (f"pipeline N={n}: steady state (images/s)", r["steady_rate"]),
+            (f"pipeline N={n}: first prediction after (s)", r["first_prediction_s"]),
+            (f"pipeline N={n}: peak RSS (MiB)", r["peak_rss_mib"]),
+        ]
+    rows += [
+        ("ratio steady state pipeline/bare", report["ratio_steady"]),
+        ("ratio end to end (N/bare rate)/whole process", report["ratio_end_to_end"]),
+    ]
+    if args.memory:
+        rows.append(("peak RSS 10xN / N", report["memory_ratio_10x"]))
+    for name, value in rows:
+        print(f"{name:<50}{value:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

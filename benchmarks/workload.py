@@ -1,0 +1,59 @@
+"""Benchmark inputs: realistic photo JPEGs cut from the samples, and an EfficientNet-B3-sized
+SavedModel (random weights) with the TF Hub module's signature."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "samples"
+
+
+def make_photos(n: int, folder: str, size=(500, 375), seed: int = 0) -> list[str]:
+    """n JPEGs of about 500x375: random crops at random scales of the sample photos."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    paths = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        scale = rng.uniform(0.5, 1.0)
+        w, h = int(photo.width * scale), int(photo.height * scale)
+        x, y = rng.integers(0, photo.width - w + 1), rng.integers(0, photo.height - h + 1)
+        img = photo.crop((x, y, x + w, y + h)).resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = os.path.join(folder, f"photo_{i:06d}.jpg")
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def build_b3(path: str) -> str:
+    """Keras EfficientNet-B3 (random weights) saved with the module's signature:
+    float32 [batch, H, W, 3] RGB in [0, 1] -> [batch, 1000] logits."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    import tensorflow as tf
+    import tf_keras
+
+    net = tf_keras.applications.EfficientNetB3(weights=None, classifier_activation=None)
+
+    class Module(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 300, 300, 3], tf.float32)])
+        def __call__(self, images):
+            # Keras' EfficientNet rescales 0..255 itself; the hub module takes [0, 1].
+            return self.net(images * 255.0, training=False)
+
+    module = Module()
+    tf.saved_model.save(
+        module, path, signatures={"serving_default": module.__call__.get_concrete_function()}
+    )
+    return path
