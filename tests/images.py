@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-SAMPLES = ("astronaut", "cameraman", "cat", "coffee", "grace_hopper", "motorcycle", "rocket")
+SAMPLES = ("astronaut", "cameraman", "cat", "coffee", "grace_hopper", "rocket")
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
