@@ -63,8 +63,9 @@ def image_dir(tmp_path, sample_jpeg) -> dict:
     good, patches, bad = [], {}, {}
     for i, name in enumerate(SAMPLES):
         photo = Image.open(SAMPLES_DIR / f"{name}.jpg")
-        for j, box in enumerate([(0, 0, 200, 150), (100, 50, 400, 300), None]):
-            folder = root if j == 0 else root / "nested" if j == 1 else root / "nested" / "deeper"
+        crops = [(0, 0, 200, 150), (100, 50, 400, 300), (50, 20, 250, 290), None]
+        folders = [root, root / "nested", root / "nested", root / "nested" / "deeper"]
+        for j, (box, folder) in enumerate(zip(crops, folders, strict=True)):
             path = folder / f"{name}_{j}.jpg"
             path.write_bytes(encode(photo.crop(box) if box else photo, "JPEG", quality=90))
             good.append(str(path))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -35,24 +37,21 @@ def copy_model_locally(uri: str, cache_root: str | None = None) -> str:
     local = os.path.join(cache_root, hashlib.sha256(uri.encode()).hexdigest()[:16])
     if os.path.exists(os.path.join(local, "saved_model.pb")):
         return local
-    staging = tempfile.mkdtemp(dir=_ensure_dir(cache_root))
+    os.makedirs(cache_root, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=cache_root)
     for meta in FileSystems.match([uri + "/**"])[0].metadata_list:
         relative = meta.path[len(uri) + 1 :]
         target = os.path.join(staging, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with FileSystems.open(meta.path) as src, open(target, "wb") as dst:
+        raw = FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED)
+        with raw as src, open(target, "wb") as dst:
             while chunk := src.read(16 << 20):
                 dst.write(chunk)
     try:
         os.rename(staging, local)  # atomic: concurrent loaders see all or nothing
-    except OSError:  # another process won the race
-        pass
+    except OSError:  # another process won the race; its copy is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
     return local
-
-
-def _ensure_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def load_module(handle: str) -> Any:
