@@ -106,7 +106,7 @@ def validate(opts: LabelerOptions) -> Config:
     patterns = [normalize_uri(p) for p in opts.input or []]
     manifest = normalize_uri(opts.input_manifest) if opts.input_manifest else None
     check_inputs(patterns, manifest)
-    model = opts.model if FileSystems.get_scheme(opts.model) else normalize_uri(opts.model)
+    model = normalize_uri(opts.model)  # local paths made absolute; URLs, gs:// as given
     check_model(model)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return Config(
