@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,17 +28,17 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def run_child(cmd: list[str]) -> tuple[float, int, str]:
-    """Runs cmd; returns (wall seconds, peak RSS in MiB of that process, its output)."""
+    """Runs cmd; returns (wall seconds, peak RSS in MiB of that process, its stdout)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
-    return wall, usage.ru_maxrss // 1024, out.decode() + err.decode()
+    with tempfile.TemporaryFile() as err:  # a file, so chatty stderr never blocks the child
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=err)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status):
+            err.seek(0)
+            sys.exit(f"{' '.join(cmd)} failed:\n{err.read().decode()[-3000:]}")
+    return wall, usage.ru_maxrss // 1024, out.decode()
 
 
 def decode_rate(paths: list[str]) -> float:

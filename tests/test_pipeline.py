@@ -29,11 +29,11 @@ def read_rows(root: str, kind: str) -> list[dict]:
 def run_graph(config):
     """Runs the graph on DirectRunner; returns (result, predictions, errors) as row lists."""
     pipeline = TestPipeline(runner="DirectRunner")
-    outputs = build_pipeline(pipeline, config)
+    build_pipeline(pipeline, config)
     result = pipeline.run()
     result.wait_until_finish()
     rows = [read_rows(config.output, kind) for kind in ("predictions", "errors")]
-    return result, rows[0], rows[1], outputs
+    return result, rows[0], rows[1]
 
 
 def counter_values(result) -> dict:
@@ -59,7 +59,7 @@ def test_every_uri_lands_exactly_once(image_dir, probe_model, probe_labels, tmp_
         "--batch_size=4",
         "--date=2024-03-01",
     )
-    result, predictions, errors, _ = run_graph(config)
+    result, predictions, errors = run_graph(config)
 
     expected_good = set(image_dir["good"]) | set(image_dir["patches"])
     expected_bad = set(image_dir["bad"]) | {missing}
@@ -96,7 +96,7 @@ def test_predictions_follow_the_pixels(image_dir, probe_model, probe_labels, tmp
         "--image_size=64",
         "--top_k=3",
     )
-    _, predictions, errors, outputs = run_graph(config)
+    _, predictions, errors = run_graph(config)
     assert errors == []
     assert len(predictions) == len(image_dir["patches"])
     for row in predictions:
@@ -151,7 +151,7 @@ def test_failed_inference_batches_become_error_rows(image_dir, failing_model, tm
         "--image_size=32",
         "--batch_size=1",
     )
-    result, predictions, errors, _ = run_graph(config)
+    result, predictions, errors = run_graph(config)
     assert {r["uri"] for r in predictions} == set(others)
     assert [(r["uri"], r["stage"]) for r in errors] == [(str(black), "inference")]
     assert "black image in batch" in errors[0]["error"]
@@ -174,5 +174,5 @@ def test_tabular_manifests(kind, image_dir, probe_model, tmp_path):
         f"--model={probe_model}",
         "--image_size=32",
     )
-    _, predictions, errors, _ = run_graph(config)
+    _, predictions, errors = run_graph(config)
     assert sorted(r["uri"] for r in predictions) == uris and errors == []
