@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import uuid
+from collections.abc import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -31,6 +32,7 @@ class Config:
     batch_size: int
     date: str
     run_id: str
+    skip_existing: bool = True
 
 
 def check_model(handle: str) -> None:
@@ -53,6 +55,60 @@ def check_model(handle: str) -> None:
         raise ConfigError(
             f"--model {handle} is not a SavedModel directory (no saved_model.pb in it)"
         )
+
+
+GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up
+
+
+def gcs_buckets(uris: Iterable[str | None]) -> list[str]:
+    return sorted({u[5:].split("/")[0] for u in uris if u and u.startswith("gs://")})
+
+
+def gcs_client():
+    """A storage client with the credentials Beam's GCS IO will use: Application Default
+    Credentials (checked by fetching a token), else anonymous, as Beam falls back to."""
+    import google.auth
+    import google.auth.transport.requests
+    from google.cloud import storage
+
+    try:
+        credentials, project = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+    except google.auth.exceptions.DefaultCredentialsError:
+        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            raise  # named explicitly but unusable: say so rather than go anonymous
+        return storage.Client.create_anonymous_client()
+    credentials.refresh(google.auth.transport.requests.Request())
+    return storage.Client(credentials=credentials, project=project or "unset")
+
+
+def check_buckets(uris: Iterable[str | None]) -> None:
+    """Every gs:// bucket the job names can be listed, else one line that names it."""
+    buckets = gcs_buckets(uris)
+    if not buckets:
+        return
+    from google.api_core import exceptions
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    hint = (
+        "use Application Default Credentials that can read it (gcloud auth "
+        "application-default login, or GOOGLE_APPLICATION_CREDENTIALS)"
+    )
+    try:
+        client = gcs_client()
+    except Exception as e:  # noqa: BLE001 - a bad key file, a refused token, no network
+        raise ConfigError(f"gs://{buckets[0]}: the credentials do not work ({e}); {hint}") from e
+    retry = DEFAULT_RETRY.with_timeout(GCS_CHECK_SECONDS)
+    for bucket in buckets:
+        try:
+            list(client.list_blobs(bucket, max_results=1, retry=retry, timeout=5))
+        except exceptions.NotFound:
+            raise ConfigError(f"bucket gs://{bucket} does not exist") from None
+        except (exceptions.Forbidden, exceptions.Unauthorized) as e:
+            raise ConfigError(f"no access to gs://{bucket} ({e.message}); {hint}") from None
+        except Exception as e:  # noqa: BLE001 - unreachable after retries
+            raise ConfigError(f"cannot reach gs://{bucket} ({type(e).__name__}: {e})") from e
 
 
 def check_inputs(patterns: list[str], manifest: str | None) -> None:
@@ -105,14 +161,16 @@ def validate(opts: LabelerOptions) -> Config:
         raise ConfigError(f"--top_k must be between 1 and {len(labels)}, not {opts.top_k}")
     patterns = [normalize_uri(p) for p in opts.input or []]
     manifest = normalize_uri(opts.input_manifest) if opts.input_manifest else None
-    check_inputs(patterns, manifest)
     model = normalize_uri(opts.model)  # local paths made absolute; URLs, gs:// as given
+    output = normalize_uri(opts.output)
+    check_buckets([*patterns, manifest, output, model])
+    check_inputs(patterns, manifest)
     check_model(model)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return Config(
         inputs=tuple(patterns),
         manifest=manifest,
-        output=normalize_uri(opts.output),
+        output=output,
         model=model,
         labels=tuple(labels),
         top_k=opts.top_k,
@@ -120,4 +178,5 @@ def validate(opts: LabelerOptions) -> Config:
         batch_size=opts.batch_size,
         date=date,
         run_id=run_id,
+        skip_existing=opts.skip_existing,
     )

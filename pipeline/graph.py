@@ -1,5 +1,5 @@
-"""The pipeline's shape: list -> read+decode -> RunInference -> top-k -> Parquet, with errors
-flowing beside it into their own partition."""
+"""The pipeline's shape: list -> skip what is done -> read+decode -> RunInference -> top-k ->
+Parquet, with errors flowing beside it into their own partition."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pipeline.config import Config
 from transforms import sink
 from transforms.decode import ERRORS, ReadAndDecode
-from transforms.inputs import ListInputs
+from transforms.inputs import KeepNew, ListInputs
 from transforms.model import ImageClassifierHandler
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
@@ -35,7 +35,12 @@ def model_handler(config: Config) -> KeyedModelHandler:
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
-    uris = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest)
+    wanted = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest)
+    if config.skip_existing:
+        done = pipeline | "ExistingOutput" >> sink.ExistingUris(config.output, config.date)
+    else:
+        done = pipeline | "NothingDone" >> beam.Create([]).with_output_types(str)
+    uris = (wanted, done) | "KeepNew" >> KeepNew()
     decoded = uris | "ReadAndDecode" >> beam.ParDo(ReadAndDecode(config.image_size)).with_outputs(
         ERRORS, main="images"
     )

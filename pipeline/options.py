@@ -68,6 +68,15 @@ class LabelerOptions(PipelineOptions):
             help="Images per model call, the largest inference batch (default 32).",
         )
         parser.add_argument(
+            "--no_skip_existing",
+            dest="skip_existing",
+            action="store_false",
+            default=True,
+            help="Label every input again, even URIs already in this date's predictions or "
+            "errors (they then appear twice). By default a run labels only the URIs not yet "
+            "there, so re-running a command resumes it.",
+        )
+        parser.add_argument(
             "--date",
             default=None,
             metavar="YYYY-MM-DD",

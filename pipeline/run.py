@@ -19,6 +19,7 @@ from pipeline.config import Config, ConfigError, validate
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
 from pipeline.summary import summarize
+from transforms import sink
 
 PROG = "python -m pipeline.run"
 
@@ -51,6 +52,7 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     build_pipeline(pipeline, config)
     result = pipeline.run()
     result.wait_until_finish()
+    sink.remove_temp(config.output, config.run_id)
     print(summarize(result, config, time.monotonic() - started), file=sys.stderr)
     return result
 

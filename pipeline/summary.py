@@ -27,10 +27,13 @@ def summarize(result: PipelineResult, config: Config, seconds: float) -> str:
     by_stage = {s: counts.get(f"failed_{s}", 0) for s in STAGES}
     failed = sum(by_stage.values())
     detail = ", ".join(f"{n} {s}" for s, n in by_stage.items() if n)
+    skipped = counts.get("images_skipped", 0)
     rate = (labelled + failed) / seconds if seconds > 0 else 0.0
     return (
         f"labelled {labelled} of {counts.get('images_read', 0)} images, {failed} failed"
-        f"{f' ({detail})' if detail else ''} in {seconds:.1f} s ({rate:.1f} images/s); "
+        f"{f' ({detail})' if detail else ''}"
+        f"{f', {skipped} already in the output' if skipped else ''}"
+        f" in {seconds:.1f} s ({rate:.1f} images/s); "
         f"predictions: {sink.partition_dir(config.output, sink.PREDICTIONS, config.date)}, "
         f"errors: {sink.partition_dir(config.output, sink.ERRORS, config.date)}"
     )

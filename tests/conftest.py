@@ -1,16 +1,55 @@
-"""Shared fixtures: test SavedModels built once per session, sample photos, image folders."""
+"""Shared fixtures: test SavedModels built once per session, sample photos, image folders,
+and the loopback Google endpoints (metadata server, GCS emulator) for gs:// tests."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
+import uuid
 
 import pytest
+
+from tests.gcs_servers import Emulator, MetadataServer, free_port, metadata_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES_DIR = ROOT / "samples"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# google-auth reads these when it is imported, so they are set before any test module loads;
+# child processes (the CLI, workers) inherit them. No developer credentials leak in.
+METADATA_PORT = free_port()
+os.environ.update(metadata_env(METADATA_PORT))
+os.environ["CLOUDSDK_CONFIG"] = os.path.join(tempfile.gettempdir(), "image-labeler-no-gcloud")
+os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+
+
+@pytest.fixture(scope="session")
+def metadata_server():
+    server = MetadataServer(METADATA_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory, metadata_server) -> Emulator:
+    """One GCS emulator for the session; STORAGE_EMULATOR_HOST points every client at it.
+    Its injected faults touch only objects named *flaky* or *forbidden*."""
+    emulator = Emulator(str(tmp_path_factory.mktemp("gcs")), faults=True).start()
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.endpoint
+    yield emulator
+    emulator.stop()
+    del os.environ["STORAGE_EMULATOR_HOST"]
+
+
+@pytest.fixture
+def bucket(gcs) -> str:
+    """A new, empty bucket on the emulator; its name."""
+    from google.cloud import storage
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.Client().create_bucket(name)
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +117,25 @@ def image_dir(tmp_path, sample_jpeg) -> dict:
         path.write_bytes(data)
         bad[str(path)] = BAD_REASONS[name]
     return {"root": root, "good": good, "patches": patches, "bad": bad}
+
+
+@pytest.fixture
+def gcs_images(image_dir, bucket) -> dict:
+    """image_dir uploaded to gs://BUCKET/images/ with the real client; the same dict, with
+    gs:// URIs (root included)."""
+    from google.cloud import storage
+
+    local_root = image_dir["root"]
+    target = storage.Client().bucket(bucket)
+
+    def upload(path: str) -> str:
+        name = f"images/{pathlib.Path(path).relative_to(local_root)}"
+        target.blob(name).upload_from_filename(path)
+        return f"gs://{bucket}/{name}"
+
+    return {
+        "root": f"gs://{bucket}/images",
+        "good": [upload(p) for p in image_dir["good"]],
+        "patches": {upload(p): v for p, v in image_dir["patches"].items()},
+        "bad": {upload(p): v for p, v in image_dir["bad"].items()},
+    }

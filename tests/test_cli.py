@@ -1,27 +1,11 @@
 """The real command line, run as a user runs it: layout and schema on disk, summary, errors."""
 
-import os
-import subprocess
-import sys
-
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT
+from tests.runs import cli
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_help_lists_every_flag():
@@ -71,6 +55,7 @@ def test_cli_labels_a_folder_into_hive_partitioned_parquet(image_dir, probe_mode
         assert table.num_rows == rows
         assert table.column("date").unique().to_pylist() == ["2025-01-31"]
         assert table.schema.field("date") is not None
+    assert not [p for p in (out / "_temp").rglob("*") if p.is_file()], "temporary files left"
 
 
 BAD_OPTIONS = [

@@ -2,43 +2,15 @@
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.config import validate
 from pipeline.graph import build_pipeline
-from pipeline.options import LabelerOptions
 from tests.images import patch_image
+from tests.runs import config_for, counter_values, run_graph
 from tests.savedmodels import expected_probe_logits, probe_class
-from transforms.metrics import NAMESPACE
 from transforms.postprocess import top_k
-
-
-def config_for(*args: str):
-    return validate(PipelineOptions(list(args)).view_as(LabelerOptions))
-
-
-def read_rows(root: str, kind: str) -> list[dict]:
-    return ds.dataset(f"{root}/{kind}", partitioning="hive").to_table().to_pylist()
-
-
-def run_graph(config):
-    """Runs the graph on DirectRunner; returns (result, predictions, errors) as row lists."""
-    pipeline = TestPipeline(runner="DirectRunner")
-    build_pipeline(pipeline, config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    rows = [read_rows(config.output, kind) for kind in ("predictions", "errors")]
-    return result, rows[0], rows[1]
-
-
-def counter_values(result) -> dict:
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    return {c.key.metric.name: c.committed for c in query["counters"]}
 
 
 def test_every_uri_lands_exactly_once(image_dir, probe_model, probe_labels, tmp_path):

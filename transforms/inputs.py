@@ -11,6 +11,8 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import metrics
+
 URI_COLUMN = "uri"
 
 
@@ -85,11 +87,8 @@ class ReadManifest(beam.PTransform):
 
 
 class ListInputs(beam.PTransform):
-    """Patterns (matched by Beam's filesystems, ** allowed) plus a manifest -> distinct URIs.
-
-    The Distinct is also the pipeline's only shuffle: it spreads URIs over workers before
-    any image is decoded, so decoded pixels never cross a shuffle.
-    """
+    """Patterns (matched by Beam's filesystems, ** allowed) plus a manifest -> normalised URIs,
+    duplicates included (KeepNew removes them)."""
 
     def __init__(self, patterns: Sequence[str], manifest: str | None = None):
         super().__init__()
@@ -111,5 +110,35 @@ class ListInputs(beam.PTransform):
             sources
             | "AllSources" >> beam.Flatten(pipeline=pipeline.pipeline)
             | "Normalize" >> beam.Map(normalize_uri)
-            | "Distinct" >> beam.Distinct()
+        )
+
+
+def new_uris(grouped: tuple[str, dict[str, Iterable]]) -> Iterator[str]:
+    """(uri, {"wanted": [...], "done": [...]}) -> the uri once if wanted and not done."""
+    uri, sides = grouped
+    if not any(True for _ in sides["wanted"]):
+        return
+    if any(True for _ in sides["done"]):
+        metrics.images_skipped.inc()
+        return
+    yield uri
+
+
+class KeepNew(beam.PTransform):
+    """(wanted URIs, done URIs) -> each wanted URI once, unless it is done.
+
+    One CoGroupByKey does both the de-duplication and the skip; it is the pipeline's only
+    shuffle and spreads URIs over workers before any image is decoded, so decoded pixels
+    never cross a shuffle.
+    """
+
+    def expand(self, pcolls):
+        wanted, done = pcolls
+        return (
+            {
+                "wanted": wanted | "KeyWanted" >> beam.Map(lambda uri: (uri, None)),
+                "done": done | "KeyDone" >> beam.Map(lambda uri: (uri, None)),
+            }
+            | "ByUri" >> beam.CoGroupByKey()
+            | "New" >> beam.FlatMap(new_uris)
         )

@@ -8,5 +8,6 @@ NAMESPACE = "image_labeler"
 STAGES = ("read", "decode", "inference")
 
 images_read = Metrics.counter(NAMESPACE, "images_read")
+images_skipped = Metrics.counter(NAMESPACE, "images_skipped")  # already in the output
 images_labelled = Metrics.counter(NAMESPACE, "images_labelled")
 failed = {stage: Metrics.counter(NAMESPACE, f"failed_{stage}") for stage in STAGES}

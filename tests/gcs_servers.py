@@ -1,0 +1,188 @@
+"""Loopback stand-ins for Google's endpoints in tests: a GCE metadata server (so
+google.auth.default() answers at once instead of stalling) and the gcp-storage-emulator
+GCS server in a child process that stops when its parent goes away.
+
+python -m tests.gcs_servers PORT DATA_DIR LOG runs the emulator until stdin closes, logging
+each request to LOG. With faults on, the server itself misbehaves the way GCS can: an object
+whose name contains "flaky" answers its first download with 503, one containing "forbidden"
+always answers 403.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+HOST = "127.0.0.1"
+PROJECT = "test-project"
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class _MetadataHandler(http.server.BaseHTTPRequestHandler):
+    """Answers the few metadata paths google-auth reads, like a VM with a service account."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        path = self.path.split("?")[0]
+        if path.endswith("/token"):
+            body = json.dumps(
+                {"access_token": "test-token", "expires_in": 3600, "token_type": "Bearer"}
+            )
+        elif "/service-accounts/" in path:
+            body = json.dumps(
+                {"email": "labeller@test.iam", "scopes": ["cloud-platform"], "aliases": []}
+            )
+        elif path.endswith("/project/project-id"):
+            body = PROJECT
+        elif path.endswith("/project/numeric-project-id"):
+            body = "123"
+        elif path in ("/", "/computeMetadata/v1/", "/computeMetadata/v1"):
+            body = ""
+        else:
+            self.send_error(404)
+            return
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Metadata-Flavor", "Google")
+        self.send_header("Content-Type", "application/json" if body[:1] == "{" else "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802 - an OAuth token endpoint that refuses every grant
+        data = json.dumps({"error": "invalid_grant", "error_description": "Token expired"})
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+class MetadataServer:
+    """GCE metadata on 127.0.0.1:port, served from a daemon thread."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self._httpd = http.server.ThreadingHTTPServer((HOST, port), _MetadataHandler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def start(self) -> MetadataServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def metadata_env(port: int) -> dict[str, str]:
+    """Variables that point google-auth at a metadata server (read when google.auth imports)."""
+    return {"GCE_METADATA_HOST": f"{HOST}:{port}", "GCE_METADATA_IP": f"{HOST}:{port}"}
+
+
+class Emulator:
+    """gcp-storage-emulator on a fixed loopback port, data on disk so it survives a restart."""
+
+    def __init__(self, data_dir: str, port: int | None = None, faults: bool = False):
+        self.data_dir = data_dir
+        self.log = data_dir.rstrip("/") + "-requests.log"
+        self.faults = faults
+        self.port = port or free_port()
+        self.endpoint = f"http://{HOST}:{self.port}"
+        self._proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20) -> Emulator:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.gcs_servers", str(self.port), self.data_dir, self.log]
+            + (["--faults"] if self.faults else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).read()
+                return self
+            except OSError:
+                if self._proc.poll() is not None:
+                    raise RuntimeError("the GCS emulator exited at start") from None
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the GCS emulator did not answer on {self.endpoint}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def requests(self) -> list[str]:
+        """Request lines served so far ('GET /download/storage/v1/b/... HTTP/1.1' ...)."""
+        if not os.path.exists(self.log):
+            return []
+        with open(self.log) as f:
+            return f.read().splitlines()
+
+
+def _inject_faults(handler_cls) -> None:
+    import urllib.parse
+
+    original = handler_cls.do_GET
+    failed_once: set[str] = set()
+
+    def do_get(self):
+        if "alt=media" in self.path:
+            name = urllib.parse.unquote(self.path.split("?")[0].rsplit("/o/", 1)[-1])
+            if "forbidden" in name:
+                self.send_error(403, "injected permanent fault")
+                return
+            if "flaky" in name and name not in failed_once:
+                failed_once.add(name)
+                self.send_error(503, "injected transient fault")
+                return
+        original(self)
+
+    handler_cls.do_GET = do_get
+
+
+def _serve(port: int, data_dir: str, log: str, faults: bool) -> None:
+    """The child: serve until the parent closes our stdin (or dies)."""
+    import logging
+
+    from gcp_storage_emulator import server as emulator
+
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("gcp_storage_emulator").addHandler(handler)
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.INFO)
+    if faults:
+        _inject_faults(emulator.RequestHandler)
+    server = emulator.create_server(HOST, port, in_memory=False, data_dir=data_dir)
+    server.start()
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], "--faults" in sys.argv[4:])

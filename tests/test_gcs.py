@@ -1,0 +1,179 @@
+"""gs:// in and out against a real GCS-protocol server on loopback (gcp-storage-emulator),
+with the real google-cloud-storage client and Beam's GCS IO: globs, manifests, faults,
+an outage mid-run, and bucket checks before any work."""
+
+import json
+import threading
+import time
+
+from google.cloud import storage
+
+from tests.gcs_servers import HOST, free_port
+from tests.runs import cli, config_for, counter_values, read_rows, run_graph
+
+
+def copy_object(bucket: str, source: str, name: str) -> str:
+    """Server-side copy of gs://bucket/source to gs://bucket/name; the new URI."""
+    b = storage.Client().bucket(bucket)
+    b.copy_blob(b.blob(source.split(f"gs://{bucket}/", 1)[1]), b, name)
+    return f"gs://{bucket}/{name}"
+
+
+def test_glob_in_parquet_out_with_transient_and_permanent_faults(gcs, gcs_images, probe_model):
+    bucket = gcs_images["root"][5:].split("/")[0]
+    first = gcs_images["good"][0]
+    flaky = [copy_object(bucket, first, f"images/flaky_{i}.jpg") for i in range(3)]
+    forbidden = copy_object(bucket, first, "images/forbidden.jpg")
+    out = f"gs://{bucket}/out"
+    proc = cli(
+        f"--input={gcs_images['root']}/**",
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=64",
+        "--batch_size=8",
+        "--date=2025-02-03",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    predictions, errors = read_rows(out, "predictions"), read_rows(out, "errors")
+    good = set(gcs_images["good"]) | set(gcs_images["patches"]) | set(flaky)
+    bad = set(gcs_images["bad"]) | {forbidden}
+    assert sorted(r["uri"] for r in predictions) == sorted(good)  # each exactly once
+    assert sorted(r["uri"] for r in errors) == sorted(bad)
+    assert {r["date"] for r in predictions + errors} == {"2025-02-03"}
+    by_uri = {r["uri"]: r for r in errors}
+    assert by_uri[forbidden]["stage"] == "read" and "403" in by_uri[forbidden]["error"]
+    # The 503s really happened, and each flaky object was fetched again after its 503.
+    downloads = [line for line in gcs.requests() if "alt=media" in line]
+    for uri in flaky:
+        name = uri.rsplit("/", 1)[1]
+        served = [line for line in downloads if name in line]
+        assert '" 503 ' in served[0]
+        assert any('" 200 ' in line or '" 206 ' in line for line in served[1:]), served
+    assert f"{out}/predictions/date=2025-02-03" in proc.stderr
+
+
+def test_manifest_on_gcs_with_a_missing_object(gcs_images, probe_model, tmp_path):
+    bucket = gcs_images["root"][5:].split("/")[0]
+    listed = sorted(gcs_images["patches"])[:4]
+    missing = f"gs://{bucket}/images/deleted-after-listing.jpg"
+    manifest = storage.Client().bucket(bucket).blob("lists/today.txt")
+    manifest.upload_from_string("\n".join([*listed, missing, listed[0]]) + "\n")
+    config = config_for(
+        f"--input_manifest=gs://{bucket}/lists/today.txt",
+        f"--output={tmp_path / 'out'}",
+        f"--model={probe_model}",
+        "--image_size=32",
+    )
+    result, predictions, errors = run_graph(config)
+    assert sorted(r["uri"] for r in predictions) == listed
+    assert [(r["uri"], r["stage"]) for r in errors] == [(missing, "read")]
+    assert "NotFound" in errors[0]["error"]
+    assert counter_values(result)["images_read"] == 5
+
+
+def test_storage_outage_mid_run_loses_nothing(gcs, gcs_images, probe_model):
+    """The server goes away after the first image download and comes back 3 s later."""
+    bucket = gcs_images["root"][5:].split("/")[0]
+    out = f"gs://{bucket}/out"
+    seen_before = len(gcs.requests())
+    outage = {}
+
+    def interrupt():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any("alt=media" in line for line in gcs.requests()[seen_before:]):
+                gcs.stop()
+                outage["requests"] = len(gcs.requests())
+                time.sleep(3)
+                gcs.start()
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=interrupt)
+    watcher.start()
+    try:
+        proc = cli(
+            f"--input={gcs_images['root']}/**",
+            f"--output={out}",
+            f"--model={probe_model}",
+            "--image_size=64",
+            "--batch_size=4",
+        )
+    finally:
+        watcher.join()
+        if not gcs.running:
+            gcs.start()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "requests" in outage, "the outage never happened"
+    after = [line for line in gcs.requests()[outage["requests"] :] if "alt=media" in line]
+    assert after, "no image was read after the restart"
+
+    uris = [r["uri"] for r in read_rows(out, "predictions") + read_rows(out, "errors")]
+    everything = [*gcs_images["good"], *gcs_images["patches"], *gcs_images["bad"]]
+    assert sorted(uris) == sorted(everything)  # each exactly once, retried or failed
+
+
+def test_missing_bucket_fails_fast_naming_it(gcs, probe_model, tmp_path):
+    start = time.monotonic()
+    proc = cli(
+        "--input=gs://no-such-bucket/**.jpg", f"--output={tmp_path}", f"--model={probe_model}"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "python -m pipeline.run: error: bucket gs://no-such-bucket does not exist"
+    )
+    assert time.monotonic() - start < 60
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreachable_storage_fails_fast_naming_the_bucket(metadata_server, probe_model, tmp_path):
+    start = time.monotonic()
+    proc = cli(
+        "--input=gs://photos/**.jpg",
+        f"--output={tmp_path}",
+        f"--model={probe_model}",
+        env={"STORAGE_EMULATOR_HOST": f"http://{HOST}:{free_port()}"},
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m pipeline.run: error: cannot reach gs://photos ("), last
+    assert time.monotonic() - start < 60
+
+
+def test_bad_credentials_fail_fast_naming_the_bucket(
+    metadata_server, bucket, probe_model, tmp_path
+):
+    """A service-account key the token endpoint (on loopback) refuses, as for a deleted key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    key = tmp_path / "key.json"
+    key.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "test-project",
+                "private_key_id": "1",
+                "private_key": pem,
+                "client_email": "deleted@test-project.iam.gserviceaccount.com",
+                "token_uri": f"http://{HOST}:{metadata_server.port}/token",
+            }
+        )
+    )
+    proc = cli(
+        f"--input=gs://{bucket}/**.jpg",
+        f"--output={tmp_path / 'out'}",
+        f"--model={probe_model}",
+        env={"GOOGLE_APPLICATION_CREDENTIALS": str(key)},
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"python -m pipeline.run: error: gs://{bucket}: the credentials"), last
+    assert "invalid_grant" in last and "application-default login" in last

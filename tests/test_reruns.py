@@ -1,0 +1,119 @@
+"""Re-running is safe: after complete, crashed and repeated runs for one date, each input URI
+is in that date's predictions or errors exactly once; local disk and gs:// alike."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from apache_beam.io.filesystems import FileSystems
+
+from tests.runs import ROOT, cli, config_for, counter_values, output_files, read_rows, run_graph
+
+
+@pytest.fixture(params=["local", "gcs"])
+def images_and_output(request, tmp_path):
+    """(images dict, output root) on local disk or on the GCS emulator."""
+    if request.param == "local":
+        return request.getfixturevalue("image_dir"), str(tmp_path / "out")
+    images = request.getfixturevalue("gcs_images")
+    return images, images["root"].rsplit("/", 1)[0] + "/out"
+
+
+def all_uris(images) -> list[str]:
+    return sorted([*images["good"], *images["patches"], *images["bad"]])
+
+
+def labelled_uris(root: str) -> list[str]:
+    return sorted(r["uri"] for r in read_rows(root, "predictions") + read_rows(root, "errors"))
+
+
+def test_resume_repeat_and_crash_debris(images_and_output, probe_model, tmp_path):
+    images, out = images_and_output
+    everything = all_uris(images)
+    first_half = everything[::2]
+    manifest = tmp_path / "first_half.txt"
+    manifest.write_text("\n".join(first_half) + "\n")
+
+    def label(*inputs: str):
+        config = config_for(
+            *inputs,
+            f"--output={out}",
+            f"--model={probe_model}",
+            "--image_size=32",
+            "--date=2025-03-04",
+        )
+        result, _, _ = run_graph(config)
+        return config.run_id, counter_values(result)
+
+    # Run 1 covers half the images; then a crashed run's debris lands where crashes leave it.
+    first_run, _ = label(f"--input_manifest={manifest}")
+    debris = FileSystems.join(out, "_temp", "20250304T000000-dead00-predictions", "half.parquet")
+    with FileSystems.create(debris) as f:
+        f.write(b"PAR1 a crashed run's half-written file")
+
+    # Run 2 over everything labels only the other half.
+    second_run, counts = label(f"--input={images['root']}/**")
+    assert counts["images_skipped"] == len(first_half)
+    assert counts["images_read"] == len(everything) - len(first_half)
+    assert labelled_uris(out) == everything  # exactly once each
+    rows = read_rows(out, "predictions") + read_rows(out, "errors")
+    assert {r["uri"] for r in rows if r["run_id"] == first_run} == set(first_half)
+    assert {r["run_id"] for r in rows} == {first_run, second_run}
+
+    # Run 3, the same command again: nothing to do, nothing written.
+    files_before = output_files(out, "predictions") + output_files(out, "errors")
+    _, counts = label(f"--input={images['root']}/**")
+    assert counts["images_skipped"] == len(everything)
+    assert counts.get("images_read", 0) == 0
+    assert output_files(out, "predictions") + output_files(out, "errors") == files_before
+    assert labelled_uris(out) == everything
+
+
+def test_opting_out_labels_everything_again(image_dir, probe_model, tmp_path):
+    args = [
+        f"--input={image_dir['root']}/patch_*.png",
+        f"--output={tmp_path}",
+        f"--model={probe_model}",
+    ]
+    for extra in ([], ["--no_skip_existing"]):
+        run_graph(config_for(*args, "--image_size=32", "--date=2025-03-05", *extra))
+    assert labelled_uris(str(tmp_path)) == sorted(list(image_dir["patches"]) * 2)
+
+
+def test_rerun_after_a_run_killed_part_way(image_dir, probe_model, tmp_path):
+    """SIGKILL once the first output file is being written, then the same command again."""
+    out = tmp_path / "out"
+    args = [
+        f"--input={image_dir['root']}/**",
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=64",
+        "--batch_size=2",
+        "--date=2025-03-06",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and victim.poll() is None:
+            if (out / "_temp").exists() and any(p.is_file() for p in (out / "_temp").rglob("*")):
+                victim.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert labelled_uris(str(out)) == all_uris(image_dir)
