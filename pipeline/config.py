@@ -33,6 +33,7 @@ class Config:
     date: str
     run_id: str
     skip_existing: bool = True
+    require_gpu: bool = False
 
 
 def check_model(handle: str) -> None:
@@ -179,4 +180,5 @@ def validate(opts: LabelerOptions) -> Config:
         date=date,
         run_id=run_id,
         skip_existing=opts.skip_existing,
+        require_gpu=opts.require_gpu,
     )

@@ -30,6 +30,7 @@ def model_handler(config: Config) -> KeyedModelHandler:
             image_size=config.image_size,
             batch_size=config.batch_size,
             num_classes=len(config.labels),
+            require_gpu=config.require_gpu,
         )
     )
 

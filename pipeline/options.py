@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.labels import DEFAULT_LABELS
 from transforms.model import DEFAULT_MODEL
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def add_switch(parser, flag: str, default: bool, help: str) -> None:
+    """--flag means true; --flag=false also works (as Flex Template parameters are passed)."""
+    parser.add_argument(
+        flag, nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL", help=help
+    )
 
 
 class LabelerOptions(PipelineOptions):
@@ -67,14 +85,20 @@ class LabelerOptions(PipelineOptions):
             default=32,
             help="Images per model call, the largest inference batch (default 32).",
         )
-        parser.add_argument(
-            "--no_skip_existing",
-            dest="skip_existing",
-            action="store_false",
+        add_switch(
+            parser,
+            "--require_gpu",
+            default=False,
+            help="Fail at worker start-up when TensorFlow sees no GPU, instead of labelling "
+            "on CPU (run_dataflow.sh sets it on GPU workers).",
+        )
+        add_switch(
+            parser,
+            "--skip_existing",
             default=True,
-            help="Label every input again, even URIs already in this date's predictions or "
-            "errors (they then appear twice). By default a run labels only the URIs not yet "
-            "there, so re-running a command resumes it.",
+            help="Label only URIs not yet in this date's predictions or errors, so re-running "
+            "a command resumes it (default true; =false labels every input again and repeats "
+            "URIs already there).",
         )
         parser.add_argument(
             "--date",

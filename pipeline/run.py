@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 from apache_beam.runners.runner import PipelineResult
 
 from pipeline.config import Config, ConfigError, validate
@@ -43,14 +48,28 @@ def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
     return options
 
 
+def waits(options: PipelineOptions) -> bool:
+    """False when the job is only staged (--template_location) or only submitted
+    (--no_wait_until_finish, or in the Flex Template launcher, whose image sets
+    FLEX_TEMPLATE_PYTHON_PY_FILE and which must return once the job is submitted)."""
+    staged_only = options.view_as(GoogleCloudOptions).template_location
+    no_wait = options.view_as(StandardOptions).no_wait_until_finish
+    return not (staged_only or no_wait or "FLEX_TEMPLATE_PYTHON_PY_FILE" in os.environ)
+
+
 def run(argv: Sequence[str] | None = None) -> PipelineResult:
-    """Runs the job to completion; raises ConfigError on a bad option before any work."""
+    """Runs the job (to completion unless it is only staged or submitted); raises ConfigError
+    on a bad option before any work."""
     options = parse_options(argv)
     config: Config = validate(options.view_as(LabelerOptions))
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
     result = pipeline.run()
+    if not waits(options):
+        staged = options.view_as(GoogleCloudOptions).template_location
+        print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
+        return result
     result.wait_until_finish()
     sink.remove_temp(config.output, config.run_id)
     print(summarize(result, config, time.monotonic() - started), file=sys.stderr)

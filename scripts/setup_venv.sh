@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reqs=${1:-requirements.txt}
-stamp=.venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-12)-$(basename "$reqs")
+hash=$(cat requirements*.txt | sha256sum | cut -c1-12)
+stamp=.venv/.installed-$hash-$(basename "$reqs")
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r "$reqs"
   touch "$stamp"
+  # requirements-dev.txt includes requirements.txt: the runtime set is installed too.
+  [ "$(basename "$reqs")" != requirements-dev.txt ] || touch ".venv/.installed-$hash-requirements.txt"
 fi

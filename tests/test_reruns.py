@@ -78,7 +78,7 @@ def test_opting_out_labels_everything_again(image_dir, probe_model, tmp_path):
         f"--output={tmp_path}",
         f"--model={probe_model}",
     ]
-    for extra in ([], ["--no_skip_existing"]):
+    for extra in ([], ["--skip_existing=false"]):
         run_graph(config_for(*args, "--image_size=32", "--date=2025-03-05", *extra))
     assert labelled_uris(str(tmp_path)) == sorted(list(image_dir["patches"]) * 2)
 

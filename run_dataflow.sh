@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Submits the labelling job to Google Cloud Dataflow, on GPU workers by default.
+# ./run_dataflow.sh --help
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./run_dataflow.sh --project P --bucket B --image IMAGE --input PATTERN --output ROOT
+                         [--region R] [--gpu_type T] [--gpu_count N] [--machine_type M]
+                         [--disk_size_gb G] [--cpu] [any pipeline.run or Beam flag ...]
+
+Each setting can also come from the environment (PROJECT, REGION, BUCKET, IMAGE, INPUT,
+OUTPUT, GPU_TYPE, GPU_COUNT, MACHINE_TYPE, DISK_SIZE_GB); flags win.
+
+  --project        Google Cloud project of the job
+  --region         Dataflow region (default us-central1; pick one that has the GPU type)
+  --bucket         bucket for staging and temporary files (gs://BUCKET/dataflow/...)
+  --image          worker container built from ./Dockerfile, pushed to Artifact Registry
+  --input/--output as for python -m pipeline.run (gs:// paths)
+  --gpu_type       accelerator (default nvidia-l4, on g2-standard-4 machines)
+  --gpu_count      GPUs per worker (default 1)
+  --machine_type   worker machine type (default g2-standard-4 with GPUs, n1-standard-4 with --cpu)
+  --disk_size_gb   worker boot disk, room for the image (default 50)
+  --cpu            no GPU: CPU workers, no --require_gpu, one SDK process per core
+
+GPU runs use Runner v2 with the image as --sdk_container_image, the NVIDIA driver installed
+by Dataflow, one SDK process per worker (one model copy per GPU), --require_gpu and batches of
+64. Every other flag (--model, --date, --max_num_workers, --template_location, ...) is passed
+to python -m pipeline.run after these defaults, so it overrides them.
+USAGE
+}
+
+project=${PROJECT:-} region=${REGION:-us-central1} bucket=${BUCKET:-} image=${IMAGE:-}
+input=${INPUT:-} output=${OUTPUT:-} gpu_type=${GPU_TYPE:-nvidia-l4} gpu_count=${GPU_COUNT:-1}
+machine_type=${MACHINE_TYPE:-} disk_size_gb=${DISK_SIZE_GB:-50} cpu=false
+passthrough=()
+# take "$@": the flag's value, from --flag=value or from the next argument.
+take() { if [ -z "$value" ]; then value=${2:?"$1 needs a value"}; shift_by=2; fi; }
+while [ $# -gt 0 ]; do
+  flag=$1 value= shift_by=1
+  case "$flag" in --*=*) value=${flag#*=} flag=${flag%%=*} ;; esac
+  case "$flag" in
+    -h|--help) usage; exit 0 ;;
+    --cpu) cpu=true ;;
+    --project) take "$@"; project=$value ;;
+    --region) take "$@"; region=$value ;;
+    --bucket) take "$@"; bucket=${value#gs://} ;;
+    --image) take "$@"; image=$value ;;
+    --input) take "$@"; input=$value ;;
+    --output) take "$@"; output=$value ;;
+    --gpu_type) take "$@"; gpu_type=$value ;;
+    --gpu_count) take "$@"; gpu_count=$value ;;
+    --machine_type) take "$@"; machine_type=$value ;;
+    --disk_size_gb) take "$@"; disk_size_gb=$value ;;
+    *) passthrough+=("$1") ;;
+  esac
+  shift "$shift_by"
+done
+for required in project bucket image input output; do
+  if [ -z "${!required}" ]; then
+    echo "run_dataflow.sh: error: --$required is required (or ${required^^} in the environment); see --help" >&2
+    exit 2
+  fi
+done
+
+args=(
+  --runner=DataflowRunner --project="$project" --region="$region"
+  --temp_location="gs://$bucket/dataflow/tmp" --staging_location="gs://$bucket/dataflow/staging"
+  --sdk_container_image="$image" --sdk_location=container --experiments=use_runner_v2
+  --setup_file=./setup.py --disk_size_gb="$disk_size_gb"
+  --input="$input" --output="$output"
+)
+if $cpu; then
+  args+=(--machine_type="${machine_type:-n1-standard-4}")
+else
+  args+=(
+    --machine_type="${machine_type:-g2-standard-4}"
+    --dataflow_service_options="worker_accelerator=type:$gpu_type;count:$gpu_count;install-nvidia-driver"
+    --experiments=no_use_multiple_sdk_containers --require_gpu --batch_size=64
+  )
+fi
+
+scripts/setup_venv.sh
+exec .venv/bin/python -m pipeline.run "${args[@]}" "${passthrough[@]}"

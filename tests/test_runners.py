@@ -1,0 +1,174 @@
+"""Production runners, checked as deep as this machine allows: Dataflow by staging a template
+(the full job description, written to the GCS emulator, not submitted), Flink through the
+portable Job API against Beam's own job service, and the files both depend on."""
+
+import argparse
+import io
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from google.cloud import storage
+
+from pipeline.options import LabelerOptions
+from tests.gcs_servers import free_port
+from tests.portable_services import PortableServices
+from tests.runs import ROOT, read_rows
+
+IMAGE = "us-docker.pkg.dev/test-project/labeler/image-labeler:1"
+
+
+def script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(pathlib.Path(ROOT) / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def upload_dir(local: str, bucket: str, prefix: str) -> str:
+    target = storage.Client().bucket(bucket)
+    for path in pathlib.Path(local).rglob("*"):
+        if path.is_file():
+            target.blob(f"{prefix}/{path.relative_to(local)}").upload_from_filename(str(path))
+    return f"gs://{bucket}/{prefix}"
+
+
+def declared_flags() -> dict[str, argparse.Action]:
+    parser = argparse.ArgumentParser()
+    LabelerOptions._add_argparse_args(parser)
+    return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings[0] != "-h"}
+
+
+@pytest.mark.parametrize("mode", ["gpu", "cpu"])
+def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sample_jpeg):
+    storage.Client().bucket(bucket).blob("images/cat.jpg").upload_from_string(sample_jpeg)
+    model = upload_dir(probe_model, bucket, "models/probe")
+    template = f"gs://{bucket}/templates/labeler.json"
+    proc = script(
+        "run_dataflow.sh",
+        "--project=test-project",
+        f"--bucket={bucket}",
+        f"--image={IMAGE}",
+        f"--input=gs://{bucket}/images/*.jpg",
+        f"--output=gs://{bucket}/out",
+        f"--model={model}",
+        "--date=2025-06-01",
+        f"--template_location={template}",
+        *(["--cpu"] if mode == "cpu" else []),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"job staged at {template}" in proc.stderr
+
+    job = json.loads(
+        storage.Client().bucket(bucket).blob("templates/labeler.json").download_as_text()
+    )
+    options = job["environment"]["sdkPipelineOptions"]["options"]
+    (pool,) = job["environment"]["workerPools"]
+    experiments = job["environment"]["experiments"]
+    assert options["sdk_container_image"] == IMAGE
+    assert [c["containerImage"] for c in pool["sdkHarnessContainerImages"]] == [IMAGE]
+    assert "use_runner_v2" in experiments
+    assert options["output"] == f"gs://{bucket}/out" and options["date"] == "2025-06-01"
+    assert options["model"] == model
+    if mode == "gpu":
+        assert pool["machineType"] == "g2-standard-4"
+        assert options["dataflow_service_options"] == [
+            "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+        ]
+        assert "no_use_multiple_sdk_containers" in experiments
+        assert options["require_gpu"] is True and options["batch_size"] == 64
+    else:
+        assert pool["machineType"] == "n1-standard-4"
+        assert not options.get("dataflow_service_options")
+        assert "no_use_multiple_sdk_containers" not in experiments
+        assert options["require_gpu"] is False
+
+    # The staged package carries the code and the bundled labels: workers need no checkout.
+    staging = storage.Client().bucket(bucket)
+    (package,) = [
+        b
+        for b in staging.list_blobs(prefix="dataflow/staging/")
+        if b.name.endswith("workflow.tar.gz")
+    ]
+    with tarfile.open(fileobj=io.BytesIO(package.download_as_bytes())) as tar:
+        names = {re.sub(r"^[^/]+/", "", n) for n in tar.getnames()}
+    for needed in [
+        "pipeline/run.py",
+        "transforms/model.py",
+        "transforms/data/imagenet_labels.txt",
+        "requirements.txt",
+    ]:
+        assert needed in names
+
+
+def test_flink_path_runs_through_the_job_api(image_dir, probe_model, tmp_path):
+    """run_flink.sh against Beam's Python job service, workers from an EXTERNAL pool."""
+    services = PortableServices(str(tmp_path / "staging"), free_port(), free_port()).start()
+    try:
+        out = tmp_path / "out"
+        proc = script(
+            "run_flink.sh",
+            f"--job_endpoint={services.job_endpoint}",
+            f"--worker_pool={services.worker_pool}",
+            f"--input={image_dir['root']}/patch_*.png",
+            f"--input={image_dir['root']}/empty.jpg",
+            f"--output={out}",
+            f"--model={probe_model}",
+            "--image_size=32",
+            "--date=2025-06-02",
+        )
+    finally:
+        services.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions, errors = read_rows(str(out), "predictions"), read_rows(str(out), "errors")
+    assert sorted(r["uri"] for r in predictions) == sorted(image_dir["patches"])
+    assert [(r["uri"], r["stage"]) for r in errors] == [
+        (str(image_dir["root"] / "empty.jpg"), "decode")
+    ]
+
+
+def test_scripts_explain_themselves():
+    for name in ["run_dataflow.sh", "run_flink.sh"]:
+        helped = script(name, "--help")
+        assert helped.returncode == 0 and "Usage: ./" + name in helped.stdout
+        missing = script(name)
+        assert missing.returncode == 2 and "error:" in missing.stderr
+
+
+def test_dockerfile_versions_agree_with_requirements():
+    dockerfile = (pathlib.Path(ROOT) / "Dockerfile").read_text()
+    pins = dict(
+        line.split("==")
+        for line in (pathlib.Path(ROOT) / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.M))
+    assert args["BEAM_VERSION"] == pins["apache-beam[gcp]"]
+    assert args["PYTHON_VERSION"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    launcher = re.search(r"python(\d)(\d+)-template-launcher-base", dockerfile)
+    assert f"{launcher[1]}.{launcher[2]}" == args["PYTHON_VERSION"]
+    # Every package comes from requirements.txt, TensorFlow's CUDA extra at the same pin.
+    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
+    assert "tensorflow[and-cuda]==$(sed -n 's/^tensorflow==//p' requirements.txt)" in dockerfile
+    assert "pip check" in dockerfile
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
+
+
+def test_flex_template_metadata_lists_the_pipeline_options():
+    metadata = json.loads((pathlib.Path(ROOT) / "flex_template" / "metadata.json").read_text())
+    parameters = {p["name"]: p for p in metadata["parameters"]}
+    flags = declared_flags()
+    assert set(parameters) == set(flags)
+    for name, parameter in parameters.items():
+        assert parameter["label"] and parameter["helpText"]
+        assert parameter["isOptional"] == (name != "output")
+        for regex in parameter.get("regexes", []):  # the flag's default passes its own regex
+            default = flags[name].default
+            if default is not None and name != "labels":
+                assert re.fullmatch(regex, str(default).lower()), (name, regex)
