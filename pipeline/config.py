@@ -34,6 +34,8 @@ class Config:
     run_id: str
     skip_existing: bool = True
     require_gpu: bool = False
+    quiet: bool = False
+    progress_interval: float = 10.0
 
 
 def check_model(handle: str) -> None:
@@ -149,6 +151,11 @@ def validate(opts: LabelerOptions) -> Config:
         raise ConfigError(
             f"--image_size must be a positive number of pixels, not {opts.image_size}"
         )
+    if not opts.progress_interval or opts.progress_interval <= 0:
+        raise ConfigError(
+            f"--progress_interval must be a positive number of seconds, "
+            f"not {opts.progress_interval}"
+        )
     if opts.batch_size is None or opts.batch_size <= 0:
         raise ConfigError(f"--batch_size must be a positive number, not {opts.batch_size}")
     date = check_date(opts.date)
@@ -181,4 +188,6 @@ def validate(opts: LabelerOptions) -> Config:
         run_id=run_id,
         skip_existing=opts.skip_existing,
         require_gpu=opts.require_gpu,
+        quiet=opts.quiet,
+        progress_interval=opts.progress_interval,
     )

@@ -100,6 +100,21 @@ class LabelerOptions(PipelineOptions):
             "a command resumes it (default true; =false labels every input again and repeats "
             "URIs already there).",
         )
+        add_switch(
+            parser,
+            "--quiet",
+            default=False,
+            help="No progress display on stderr (local runs show one; the one-line summary "
+            "at the end stays).",
+        )
+        parser.add_argument(
+            "--progress_interval",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="Seconds between progress lines when stderr is not a terminal (default 10); "
+            "on a terminal the line is refreshed in place.",
+        )
         parser.add_argument(
             "--date",
             default=None,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
@@ -23,6 +24,7 @@ from apache_beam.runners.runner import PipelineResult
 from pipeline.config import Config, ConfigError, validate
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
+from pipeline.progress import ProgressPrinter
 from pipeline.summary import summarize
 from transforms import sink
 
@@ -57,6 +59,13 @@ def waits(options: PipelineOptions) -> bool:
     return not (staged_only or no_wait or "FLEX_TEMPLATE_PYTHON_PY_FILE" in os.environ)
 
 
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    """DirectRunner's default modes run every stage here, so live counts can be shown."""
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return runner in ("DirectRunner", "direct") and mode != "multi_processing"
+
+
 def run(argv: Sequence[str] | None = None) -> PipelineResult:
     """Runs the job (to completion unless it is only staged or submitted); raises ConfigError
     on a bad option before any work."""
@@ -65,12 +74,20 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
-    result = pipeline.run()
     if not waits(options):
+        result = pipeline.run()
         staged = options.view_as(GoogleCloudOptions).template_location
         print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
         return result
-    result.wait_until_finish()
+    printer = None
+    if not config.quiet and runs_in_this_process(options):
+        printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        if printer:
+            printer.stop()
     sink.remove_temp(config.output, config.run_id)
     print(summarize(result, config, time.monotonic() - started), file=sys.stderr)
     return result

@@ -7,7 +7,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipeline.config import Config
 from transforms import sink
-from transforms.metrics import NAMESPACE, STAGES
+from transforms.metrics import NAMESPACE, REASON_PREFIX, STAGES
 
 
 def counters(result: PipelineResult) -> dict[str, int]:
@@ -21,12 +21,24 @@ def counters(result: PipelineResult) -> dict[str, int]:
     return totals
 
 
+def failure_breakdown(counts: dict[str, int]) -> str:
+    """'decode: 2 empty file, 1 truncated; read: 1 NotFound' from the reason counters."""
+    reasons = [
+        (*name.removeprefix(REASON_PREFIX).split(":", 1), n)
+        for name, n in counts.items()
+        if name.startswith(REASON_PREFIX) and n
+    ]
+    by_stage: dict[str, list[str]] = {}
+    for stage, reason, n in sorted(reasons, key=lambda r: (r[0], -r[2], r[1])):
+        by_stage.setdefault(stage, []).append(f"{n} {reason}")
+    return "; ".join(f"{stage}: {', '.join(parts)}" for stage, parts in by_stage.items())
+
+
 def summarize(result: PipelineResult, config: Config, seconds: float) -> str:
     counts = counters(result)
     labelled = counts.get("images_labelled", 0)
-    by_stage = {s: counts.get(f"failed_{s}", 0) for s in STAGES}
-    failed = sum(by_stage.values())
-    detail = ", ".join(f"{n} {s}" for s, n in by_stage.items() if n)
+    failed = sum(counts.get(f"failed_{s}", 0) for s in STAGES)
+    detail = failure_breakdown(counts)
     skipped = counts.get("images_skipped", 0)
     rate = (labelled + failed) / seconds if seconds > 0 else 0.0
     return (

@@ -65,7 +65,7 @@ class ReadAndDecode(beam.DoFn):
         # Counted here, on the bundle's thread: Beam metrics do not see the pool's threads.
         out = self._pending.popleft().result()
         if isinstance(out, beam.pvalue.TaggedOutput):
-            metrics.failed[out.value["stage"]].inc()
+            metrics.count_failure(out.value)
         return out
 
     def finish_bundle(self):

@@ -121,6 +121,7 @@ def new_uris(grouped: tuple[str, dict[str, Iterable]]) -> Iterator[str]:
     if any(True for _ in sides["done"]):
         metrics.images_skipped.inc()
         return
+    metrics.count_queued()
     yield uri
 
 

@@ -1,4 +1,7 @@
-"""Counters every stage reports into, under one namespace (RunInference's own metrics too)."""
+"""Counters every stage reports into, under one namespace (RunInference's own metrics too),
+and their live mirror in this process for the progress line of in-process runs."""
+
+import threading
 
 from apache_beam.metrics import Metrics
 
@@ -6,8 +9,52 @@ NAMESPACE = "image_labeler"
 
 # Stage names used in error rows and in the failed_<stage> counters.
 STAGES = ("read", "decode", "inference")
+REASON_PREFIX = "reason:"  # one counter per stage and reason: reason:<stage>:<reason>
 
+images_queued = Metrics.counter(NAMESPACE, "images_queued")  # new URIs, after the skip
 images_read = Metrics.counter(NAMESPACE, "images_read")
 images_skipped = Metrics.counter(NAMESPACE, "images_skipped")  # already in the output
 images_labelled = Metrics.counter(NAMESPACE, "images_labelled")
 failed = {stage: Metrics.counter(NAMESPACE, f"failed_{stage}") for stage in STAGES}
+
+
+class LiveCounts:
+    """Queued, labelled and failed images of the runs in this process, readable while they
+    run (Beam's DirectRunner offers no live metrics). Workers in other processes (Dataflow,
+    Flink, multi-process DirectRunner) count only into the Beam metrics above."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = {"queued": 0, "labelled": 0, "failed": 0}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(self._counts, 0)
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+LIVE = LiveCounts()
+
+
+def count_queued() -> None:
+    images_queued.inc()
+    LIVE.add("queued")
+
+
+def count_labelled() -> None:
+    images_labelled.inc()
+    LIVE.add("labelled")
+
+
+def count_failure(row: dict) -> None:
+    """An error row -> its stage counter and its reason counter ('reason:<stage>:<reason>')."""
+    failed[row["stage"]].inc()
+    Metrics.counter(NAMESPACE, f"{REASON_PREFIX}{row['stage']}:{row['reason']}").inc()
+    LIVE.add("failed")

@@ -43,7 +43,7 @@ class ToPredictionRow(beam.DoFn):
 
     def process(self, element):
         uri, result = element
-        metrics.images_labelled.inc()
+        metrics.count_labelled()
         yield prediction_row(uri, result.inference, self._labels, self._k, self._model)
 
 
@@ -53,5 +53,6 @@ def failed_batch_rows(failure) -> Iterable[dict]:
     # The traceback's last line reads "ExceptionType: message", the form error rows carry.
     reason = trace[-1].strip() if trace else exc_type.__name__
     for uri, _ in batch:
-        metrics.failed["inference"].inc()
-        yield error_row(uri, "inference", reason)
+        row = error_row(uri, "inference", reason)
+        metrics.count_failure(row)
+        yield row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pyarrow as pa
 
@@ -21,6 +22,7 @@ ERROR_SCHEMA = pa.schema(
     [
         ("uri", pa.string()),
         ("stage", pa.string()),
+        ("reason", pa.string()),
         ("error", pa.string()),
         ("processed_at", pa.timestamp("us", tz="UTC")),
     ]
@@ -36,5 +38,20 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def reason_of(error: str) -> str:
+    """A short, low-cardinality reason for grouping errors: the exception type, or for a
+    DecodeError the first clause of its message ('empty file', 'decompression bomb', ...)."""
+    kind, _, message = error.partition(": ")
+    if kind != "DecodeError" or not message:
+        return kind.rsplit(".", 1)[-1] or "unknown"
+    return re.split(r" \(|: ", message, maxsplit=1)[0]
+
+
 def error_row(uri: str, stage: str, error: str) -> dict:
-    return {"uri": uri, "stage": stage, "error": error, "processed_at": utc_now()}
+    return {
+        "uri": uri,
+        "stage": stage,
+        "reason": reason_of(error),
+        "error": error,
+        "processed_at": utc_now(),
+    }

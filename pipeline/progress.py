@@ -1,0 +1,81 @@
+"""While an in-process run goes: images done of the total, rate, errors and ETA on stderr,
+one line refreshed in place on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TextIO
+
+from transforms.metrics import LIVE
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def format_progress(counts: dict[str, int], seconds: float, labelling_seconds: float) -> str:
+    """counts: queued/labelled/failed so far; seconds since the start; labelling_seconds
+    since the first image was done (the rate's window once it is 1 s long, so model loading
+    does not count)."""
+    done = counts["labelled"] + counts["failed"]
+    total = counts["queued"]
+    if total == 0:
+        return f"labelling: listing the inputs ({clock(seconds)})"
+    if done == 0:
+        return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"
+    window = labelling_seconds if labelling_seconds >= 1 else seconds
+    rate = done / window if window > 0 else 0.0
+    line = f"labelling: {done:,} of {total:,} images ({100 * done / max(total, 1):.1f}%)"
+    line += f", {counts['failed']:,} failed, {rate:.1f} images/s"
+    if done < total and rate > 0:
+        line += f", ETA {clock((total - done) / rate)}"
+    return line + f" ({clock(seconds)})"
+
+
+class ProgressPrinter:
+    """Prints LIVE's counts on a background thread until stop(), which prints the last line."""
+
+    def __init__(self, stream: TextIO, interval: float, refresh: float = 0.5):
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._interval = interval
+        self._refresh = min(refresh, interval)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+
+    def start(self) -> ProgressPrinter:
+        LIVE.reset()
+        self._started = time.monotonic()
+        self._first_done: float | None = None
+        self._thread.start()
+        return self
+
+    def _line(self) -> str:
+        counts = LIVE.snapshot()
+        now = time.monotonic()
+        if self._first_done is None and counts["labelled"] + counts["failed"]:
+            self._first_done = now
+        since_first = now - self._first_done if self._first_done else 0.0
+        return format_progress(counts, now - self._started, since_first)
+
+    def _write(self, line: str, final: bool = False) -> None:
+        if self._tty:
+            self._stream.write("\r\033[K" + line + ("\n" if final else ""))
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def _loop(self) -> None:
+        last = time.monotonic()
+        while not self._stopped.wait(self._refresh):
+            if self._tty or time.monotonic() - last >= self._interval:
+                self._write(self._line())
+                last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._write(self._line(), final=True)
