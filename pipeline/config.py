@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.options import LabelerOptions
 from transforms.inputs import URI_COLUMN, manifest_columns, manifest_kind, normalize_uri
 from transforms.labels import load_labels
-from transforms.model import is_remote_file_uri
+from transforms.model import is_remote_file_uri, saved_model_outputs
 
 
 class ConfigError(ValueError):
@@ -38,25 +38,33 @@ class Config:
     progress_interval: float = 10.0
 
 
-def check_model(handle: str) -> None:
-    """http(s) handles must be fetchable; gs:// and local paths must hold a SavedModel."""
+def check_model(handle: str, num_labels: int) -> None:
+    """http(s) handles must be fetchable; gs:// and local paths must hold a SavedModel; its
+    outputs, where saved_model.pb states them, must match the labels."""
+    model_dir = handle
     if FileSystems.get_scheme(handle) in ("http", "https"):
         import tensorflow_hub as hub
 
         try:
-            hub.resolve(handle)  # downloads into TFHUB_CACHE_DIR once; later runs reuse it
+            # Downloads into TFHUB_CACHE_DIR once; later runs (and the workers here) reuse it.
+            model_dir = hub.resolve(handle)
         except Exception as e:  # noqa: BLE001 - any failure means the same to the user
             raise ConfigError(
                 f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
                 "the SavedModel where the internet is reachable, copy it here or to gs://, "
                 "and pass --model /path/to/saved_model_dir (README: 'Running offline')"
             ) from e
-        return
-    if not is_remote_file_uri(handle) and not os.path.isdir(handle):
+    elif not is_remote_file_uri(handle) and not os.path.isdir(handle):
         raise ConfigError(f"--model {handle} does not exist; pass a SavedModel directory")
-    if not FileSystems.exists(FileSystems.join(handle.rstrip("/"), "saved_model.pb")):
+    elif not FileSystems.exists(FileSystems.join(handle.rstrip("/"), "saved_model.pb")):
         raise ConfigError(
             f"--model {handle} is not a SavedModel directory (no saved_model.pb in it)"
+        )
+    outputs = saved_model_outputs(model_dir)
+    if outputs is not None and outputs != num_labels:
+        raise ConfigError(
+            f"--model {handle} has {outputs} outputs but the labels file has {num_labels} "
+            "names; pass --labels with one class name per model output"
         )
 
 
@@ -173,7 +181,7 @@ def validate(opts: LabelerOptions) -> Config:
     output = normalize_uri(opts.output)
     check_buckets([*patterns, manifest, output, model])
     check_inputs(patterns, manifest)
-    check_model(model)
+    check_model(model, len(labels))
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return Config(
         inputs=tuple(patterns),

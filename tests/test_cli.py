@@ -71,6 +71,9 @@ BAD_OPTIONS = [
     (["--model=https://127.0.0.1:9/efficientnet/b3"], "pass --model /path/to/saved_model_dir"),
     (["--input_manifest=MANIFEST_NO_URI"], "has no 'uri' column"),
     (["--output="], "--output is required"),
+    (["--labels=TEN_LABELS"], "has 1000 outputs but the labels file has 10 names"),
+    (["--progress_interval=0"], "--progress_interval must be a positive"),
+    (["--skip_existing=maybe"], "expected true or false, not 'maybe'"),
 ]
 
 
@@ -78,10 +81,11 @@ BAD_OPTIONS = [
 def test_bad_options_stop_before_any_work(extra, message, image_dir, probe_model, tmp_path):
     no_uri = tmp_path / "manifest.csv"
     no_uri.write_text("path\n/a.jpg\n")
-    extra = [
-        e.replace("MODEL_NOT_SAVEDMODEL", str(tmp_path)).replace("MANIFEST_NO_URI", str(no_uri))
-        for e in extra
-    ]
+    ten = tmp_path / "ten.txt"
+    ten.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
+    placeholders = {"MODEL_NOT_SAVEDMODEL": tmp_path, "MANIFEST_NO_URI": no_uri, "TEN_LABELS": ten}
+    for name, value in placeholders.items():
+        extra = [e.replace(name, str(value)) for e in extra]
     out = tmp_path / "out"
     args = [f"--input={image_dir['root']}/*.png", f"--output={out}", f"--model={probe_model}"]
     proc = cli(*args, *extra, timeout=120)

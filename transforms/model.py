@@ -54,6 +54,25 @@ def copy_model_locally(uri: str, cache_root: str | None = None) -> str:
     return local
 
 
+def saved_model_outputs(model_dir: str) -> int | None:
+    """Number of outputs of the SavedModel's __call__, read from saved_model.pb alone (no
+    variables loaded), or None when the file does not say (then the load-time check rules)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with FileSystems.open(FileSystems.join(model_dir.rstrip("/"), "saved_model.pb")) as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].object_graph_def
+    calls = [c.node_id for c in graph.nodes[0].children if c.local_name == "__call__"]
+    sizes = {
+        spec.shape.dim[-1].size
+        for node in calls
+        for name in graph.nodes[node].function.concrete_functions
+        if (spec := graph.concrete_functions[name].output_signature.tensor_spec_value).shape.dim
+    }
+    return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
+
+
 def load_module(handle: str) -> Any:
     """TF Hub handle/URL, gs:// or local SavedModel directory -> the restored module."""
     import tensorflow_hub as hub

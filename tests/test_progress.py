@@ -1,0 +1,88 @@
+"""The progress display: its wording as a pure function, and the real CLI writing it to a
+terminal (one line refreshed in place), to a pipe (plain lines) and not at all (--quiet)."""
+
+import os
+import pty
+import subprocess
+import sys
+
+from pipeline.progress import clock, format_progress
+from tests.runs import ROOT, cli
+
+
+def counts(queued, labelled, failed):
+    return {"queued": queued, "labelled": labelled, "failed": failed}
+
+
+def test_progress_wording():
+    assert format_progress(counts(0, 0, 0), 2, 0) == "labelling: listing the inputs (0m02s)"
+    assert format_progress(counts(40, 0, 0), 9, 0) == (
+        "labelling: 40 images to label, waiting for the first (0m09s)"
+    )
+    # 30 done in the 10 s since the first: 3 images/s, 1,170 left -> 6.5 min.
+    assert format_progress(counts(1200, 28, 2), 25, 10) == (
+        "labelling: 30 of 1,200 images (2.5%), 2 failed, 3.0 images/s, ETA 6m30s (0m25s)"
+    )
+    assert format_progress(counts(4, 3, 1), 3, 0.5) == (
+        "labelling: 4 of 4 images (100.0%), 1 failed, 1.3 images/s (0m03s)"
+    )
+    assert clock(3 * 3600 + 125) == "3h02m"
+
+
+def job_args(image_dir, probe_model, out) -> list[str]:
+    return [
+        f"--input={image_dir['root']}/**",
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=64",
+        "--batch_size=2",
+    ]
+
+
+def test_plain_lines_when_not_a_terminal(image_dir, probe_model, tmp_path):
+    proc = cli(*job_args(image_dir, probe_model, tmp_path / "out"), "--progress_interval=0.2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("labelling: ")]
+    total = len(image_dir["good"]) + len(image_dir["patches"]) + len(image_dir["bad"])
+    assert len(lines) >= 2  # periodic lines, then the final one
+    assert lines[-1].startswith(f"labelling: {total} of {total} images (100.0%), 5 failed, ")
+    assert "\r" not in proc.stderr
+
+
+def test_one_line_in_place_on_a_terminal(image_dir, probe_model, tmp_path):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *job_args(image_dir, probe_model, tmp_path / "o")],
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    refreshes = screen.split("\r\x1b[K")
+    assert len(refreshes) >= 3  # the same line rewritten in place
+    total = len(image_dir["good"]) + len(image_dir["patches"]) + len(image_dir["bad"])
+    assert refreshes[-1].startswith(f"labelling: {total} of {total} images (100.0%)")
+    good = len(image_dir["good"]) + len(image_dir["patches"])
+    assert f"\nlabelled {good} of {total} images" in refreshes[-1]  # then the summary
+
+
+def test_quiet_shows_only_the_summary(image_dir, probe_model, tmp_path):
+    proc = cli(*job_args(image_dir, probe_model, tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0
+    assert "labelling: " not in proc.stderr
+    good = len(image_dir["good"]) + len(image_dir["patches"])
+    total = good + len(image_dir["bad"])
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"labelled {good} of {total} images")
