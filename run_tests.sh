@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_venv.sh requirements-dev.txt
+# The report test opens its HTML page in headless Chromium: Debian's package, once.
+if ! command -v chromium >/dev/null; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -28,13 +28,17 @@ from pipeline.progress import ProgressPrinter
 from pipeline.summary import summarize
 from transforms import sink
 
-PROG = "python -m pipeline.run"
+
+def prog_name() -> str:
+    """How the user called us: the label-images console script or the module."""
+    called = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return "label-images" if called == "label-images" else "python -m pipeline.run"
 
 
 def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
     """--help lists the labeller's flags; every other flag is left to Beam."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog_name(),
         description="Label images with EfficientNet-B3 on Apache Beam; predictions and "
         "errors are written as date-partitioned Parquet.",
         epilog="Any other flag is a Beam pipeline option (--runner, --project, ...); the "
@@ -98,7 +102,7 @@ def main() -> None:
     try:
         run()
     except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog_name()}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,5 +1,9 @@
 """The real command line, run as a user runs it: layout and schema on disk, summary, errors."""
 
+import pathlib
+import subprocess
+import sys
+
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -97,3 +101,21 @@ def test_bad_options_stop_before_any_work(extra, message, image_dir, probe_model
     assert proc.stderr.strip().splitlines()[-1] == ours[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_label_images_console_script_is_the_same_command(image_dir, probe_model, tmp_path):
+    command = pathlib.Path(sys.executable).parent / "label-images"
+    helped = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: label-images ")
+    out = tmp_path / "out"
+    args = [f"--input={image_dir['root']}/patch_*.png", f"--output={out}", f"--model={probe_model}"]
+    proc = subprocess.run(
+        [command, *args, "--image_size=32"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = len(image_dir["patches"])
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"labelled {n} of {n} images")
+    assert ds.dataset(out / "predictions", partitioning="hive").to_table().num_rows == n
+    bad = subprocess.run([command, *args, "--top_k=0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("label-images: error: --top_k")

@@ -1,0 +1,229 @@
+"""After a run, from any runner's output (local or gs://): a text table, a PNG with the label
+distribution and the top-1 score histogram, and an HTML page with both and thumbnails.
+
+python -m pipeline.report ROOT [--date YYYY-MM-DD] [--out DIR] [--sample N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import dataclasses
+import html
+import io
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import sink
+
+PROG = "python -m pipeline.report"
+DATE_IN_PATH = re.compile(r"/date=([^/]+)/[^/]+$")
+TOP_LABELS = 20
+
+
+def read_kind(root: str, kind: str, date: str | None, columns: list[str]) -> pa.Table:
+    """The kind's finished files for one date or all, with a 'date' column from the path."""
+    dates = date or "*"
+    pattern = FileSystems.join(root.rstrip("/"), kind, f"date={dates}", "part-*.parquet")
+    tables = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(meta.path) as f:
+            table = pq.read_table(f, columns=columns)
+        day = DATE_IN_PATH.search(meta.path)[1]
+        tables.append(table.append_column("date", pa.array([day] * table.num_rows)))
+    if not tables:
+        return pa.table({c: [] for c in [*columns, "date"]})
+    return pa.concat_tables(tables)
+
+
+@dataclasses.dataclass
+class Report:
+    per_date: list[tuple[str, int, int]]  # date, labelled, failed
+    top_labels: list[tuple[str, int, float]]  # label, images with it top-1, mean top-1 score
+    reasons: list[tuple[str, str, int, str]]  # stage, reason, count, example uri
+    top1_scores: list[float]
+    sample: list[dict]  # uri, labels, scores (top-3)
+
+
+def build_report(predictions: list[dict], errors: list[dict], sample_size: int) -> Report:
+    """Pure: rows (as read back) -> every number the report shows."""
+    labelled = collections.Counter(r["date"] for r in predictions)
+    failed = collections.Counter(r["date"] for r in errors)
+    per_date = [(d, labelled[d], failed[d]) for d in sorted(set(labelled) | set(failed))]
+
+    scores_by_label: dict[str, list[float]] = collections.defaultdict(list)
+    for row in predictions:
+        scores_by_label[row["labels"][0]].append(row["scores"][0])
+    ranked = sorted(scores_by_label.items(), key=lambda item: (-len(item[1]), item[0]))
+    top_labels = [(label, len(s), sum(s) / len(s)) for label, s in ranked[:TOP_LABELS]]
+
+    by_reason: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for row in errors:
+        by_reason[(row["stage"], row["reason"])].append(row["uri"])
+    reasons = [
+        (stage, reason, len(uris), min(uris))
+        for (stage, reason), uris in sorted(by_reason.items(), key=lambda i: (-len(i[1]), i[0]))
+    ]
+
+    ordered = sorted(predictions, key=lambda r: r["uri"])
+    step = max(1, len(ordered) // sample_size) if sample_size else 0
+    sample = [
+        {"uri": r["uri"], "labels": r["labels"][:3], "scores": r["scores"][:3]}
+        for r in (ordered[::step][:sample_size] if step else [])
+    ]
+    return Report(per_date, top_labels, reasons, [r["scores"][0] for r in predictions], sample)
+
+
+def format_text(report: Report) -> str:
+    lines = [f"{'date':<10} {'labelled':>10} {'failed':>8}"]
+    lines += [f"{d:<10} {n:>10,} {f:>8,}" for d, n, f in report.per_date]
+    total_n = sum(n for _, n, _ in report.per_date)
+    total_f = sum(f for _, _, f in report.per_date)
+    lines += [f"{'total':<10} {total_n:>10,} {total_f:>8,}", ""]
+    lines += [f"{f'top {TOP_LABELS} labels (top-1)':<32} {'images':>10} {'mean score':>11}"]
+    lines += [f"{label[:32]:<32} {n:>10,} {mean:>11.3f}" for label, n, mean in report.top_labels]
+    lines += ["", f"{'errors: stage/reason':<44} {'count':>7}  example"]
+    lines += [
+        f"{(stage + '/' + reason)[:44]:<44} {n:>7,}  {uri}"
+        for stage, reason, n, uri in report.reasons
+    ]
+    if not report.reasons:
+        lines.append("(none)")
+    return "\n".join(lines)
+
+
+def chart_png(report: Report) -> bytes:
+    """Label distribution (top-1 counts) beside the histogram of top-1 scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+    names = [label for label, _, _ in report.top_labels][::-1]
+    bars.barh(names, [n for _, n, _ in report.top_labels][::-1], color="#4c72b0")
+    bars.set_title(f"Top {len(names)} labels (images with it as top-1)")
+    bars.set_xlabel("images")
+    bars.tick_params(axis="y", labelsize=8)
+    bars.xaxis.set_major_locator(MaxNLocator(integer=True))
+    hist.hist(report.top1_scores, bins=20, range=(0, 1), color="#55a868", edgecolor="white")
+    hist.set_title("Top-1 score")
+    hist.set_xlabel("softmax probability")
+    hist.set_ylabel("images")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def thumbnail_uri(uri: str, size: int = 160) -> str | None:
+    """A JPEG data: URI of the image (any Beam filesystem), or None if it cannot be read."""
+    from transforms.decode import read_bytes
+    from transforms.preprocess import open_image, to_rgb
+
+    try:
+        image = to_rgb(open_image(read_bytes(uri)))
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - a vanished or unreadable image shows as missing
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def format_html(report: Report, chart: bytes, root: str) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{d}</td><td>{n:,}</td><td>{f:,}</td></tr>" for d, n, f in report.per_date
+    )
+    labels = "".join(
+        f"<tr><td>{e(label)}</td><td>{n:,}</td><td>{mean:.3f}</td></tr>"
+        for label, n, mean in report.top_labels
+    )
+    reasons = "".join(
+        f"<tr><td>{e(stage)}</td><td>{e(reason)}</td><td>{n:,}</td><td>{e(uri)}</td></tr>"
+        for stage, reason, n, uri in report.reasons
+    )
+    cards = []
+    for item in report.sample:
+        src = thumbnail_uri(item["uri"])
+        picture = (
+            f'<img class="thumb" src="{src}" alt="{e(item["uri"])}">'
+            if src
+            else '<div class="missing">image unavailable</div>'
+        )
+        top3 = "".join(
+            f"<li>{e(label)} <span>{score:.3f}</span></li>"
+            for label, score in zip(item["labels"], item["scores"], strict=True)
+        )
+        cards.append(
+            f"<figure>{picture}<figcaption><ol>{top3}</ol>"
+            f'<div class="uri">{e(item["uri"])}</div></figcaption></figure>'
+        )
+    chart_src = "data:image/png;base64," + base64.b64encode(chart).decode()
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Labelling report: {e(root)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure {{ width: 180px; margin: 0; }}
+.thumb {{ max-width: 160px; max-height: 160px; display: block; }}
+.missing {{ width: 160px; height: 120px; background: #eee; }}
+figcaption ol {{ padding-left: 1.2em; margin: 0.3em 0; font-size: 0.85em; }}
+.uri {{ font-size: 0.7em; color: #777; word-break: break-all; }}
+</style></head><body>
+<h1>Labelling report</h1><p>{e(root)}</p>
+<h2>Images per date</h2>
+<table><tr><th>date</th><th>labelled</th><th>failed</th></tr>{rows}</table>
+<img class="chart" src="{chart_src}" alt="label distribution and top-1 score histogram">
+<h2>Top labels</h2>
+<table><tr><th>label (top-1)</th><th>images</th><th>mean score</th></tr>{labels}</table>
+<h2>Errors</h2>
+<table><tr><th>stage</th><th>reason</th><th>count</th><th>example</th></tr>{reasons}</table>
+<h2>Sample of labelled images</h2>
+<div class="gallery">{"".join(cards)}</div>
+</body></html>
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="the --output ROOT of the runs (local or gs://)")
+    parser.add_argument("--date", help="one partition date, YYYY-MM-DD (default: all)")
+    parser.add_argument("--out", default="report", help="folder for report.png and report.html")
+    parser.add_argument("--sample", type=int, default=24, help="thumbnails in the HTML page")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    predictions = read_kind(args.root, sink.PREDICTIONS, args.date, ["uri", "labels", "scores"])
+    errors = read_kind(args.root, sink.ERRORS, args.date, ["uri", "stage", "reason"])
+    if predictions.num_rows + errors.num_rows == 0:
+        where = f"{args.root} (date {args.date})" if args.date else args.root
+        print(f"{PROG}: error: no predictions or errors under {where}", file=sys.stderr)
+        sys.exit(2)
+    report = build_report(predictions.to_pylist(), errors.to_pylist(), args.sample)
+    print(format_text(report))
+    chart = chart_png(report)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "report.png"), "wb") as f:
+        f.write(chart)
+    with open(os.path.join(args.out, "report.html"), "w", encoding="utf-8") as f:
+        f.write(format_html(report, chart, args.root))
+    print(f"\nchart: {args.out}/report.png, page: {args.out}/report.html", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
