@@ -41,7 +41,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
         done = pipeline | "ExistingOutput" >> sink.ExistingUris(config.output, config.date)
     else:
         done = pipeline | "NothingDone" >> beam.Create([]).with_output_types(str)
-    uris = (wanted, done) | "KeepNew" >> KeepNew()
+    # The reshuffle (strings only) ends the stage here: every new URI is counted, so the
+    # progress total is known, and spread over workers before the first image is read.
+    uris = (wanted, done) | "KeepNew" >> KeepNew() | "Spread" >> beam.Reshuffle()
     decoded = uris | "ReadAndDecode" >> beam.ParDo(ReadAndDecode(config.image_size)).with_outputs(
         ERRORS, main="images"
     )

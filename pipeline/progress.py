@@ -18,20 +18,21 @@ def clock(seconds: float) -> str:
 
 def format_progress(counts: dict[str, int], seconds: float, labelling_seconds: float) -> str:
     """counts: queued/labelled/failed so far; seconds since the start; labelling_seconds
-    since the first image was done (the rate's window once it is 1 s long, so model loading
-    does not count)."""
+    since the first image was labelled (the rate's window, so model loading does not count;
+    no rate until it is 1 s long)."""
     done = counts["labelled"] + counts["failed"]
     total = counts["queued"]
     if total == 0:
         return f"labelling: listing the inputs ({clock(seconds)})"
     if done == 0:
         return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"
-    window = labelling_seconds if labelling_seconds >= 1 else seconds
-    rate = done / window if window > 0 else 0.0
     line = f"labelling: {done:,} of {total:,} images ({100 * done / max(total, 1):.1f}%)"
-    line += f", {counts['failed']:,} failed, {rate:.1f} images/s"
-    if done < total and rate > 0:
-        line += f", ETA {clock((total - done) / rate)}"
+    line += f", {counts['failed']:,} failed"
+    if labelling_seconds >= 1:
+        rate = done / labelling_seconds
+        line += f", {rate:.1f} images/s"
+        if done < total:
+            line += f", ETA {clock((total - done) / rate)}"
     return line + f" ({clock(seconds)})"
 
 
@@ -49,16 +50,16 @@ class ProgressPrinter:
     def start(self) -> ProgressPrinter:
         LIVE.reset()
         self._started = time.monotonic()
-        self._first_done: float | None = None
+        self._first_labelled: float | None = None
         self._thread.start()
         return self
 
     def _line(self) -> str:
         counts = LIVE.snapshot()
         now = time.monotonic()
-        if self._first_done is None and counts["labelled"] + counts["failed"]:
-            self._first_done = now
-        since_first = now - self._first_done if self._first_done else 0.0
+        if self._first_labelled is None and counts["labelled"]:
+            self._first_labelled = now
+        since_first = now - self._first_labelled if self._first_labelled else 0.0
         return format_progress(counts, now - self._started, since_first)
 
     def _write(self, line: str, final: bool = False) -> None:

@@ -178,6 +178,7 @@ table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 .gallery {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ width: 180px; margin: 0; }}
+.chart {{ max-width: 100%; }}
 .thumb {{ max-width: 160px; max-height: 160px; display: block; }}
 .missing {{ width: 160px; height: 120px; background: #eee; }}
 figcaption ol {{ padding-left: 1.2em; margin: 0.3em 0; font-size: 0.85em; }}
@@ -187,12 +188,12 @@ figcaption ol {{ padding-left: 1.2em; margin: 0.3em 0; font-size: 0.85em; }}
 <h2>Images per date</h2>
 <table><tr><th>date</th><th>labelled</th><th>failed</th></tr>{rows}</table>
 <img class="chart" src="{chart_src}" alt="label distribution and top-1 score histogram">
+<h2>Sample of labelled images</h2>
+<div class="gallery">{"".join(cards)}</div>
 <h2>Top labels</h2>
 <table><tr><th>label (top-1)</th><th>images</th><th>mean score</th></tr>{labels}</table>
 <h2>Errors</h2>
 <table><tr><th>stage</th><th>reason</th><th>count</th><th>example</th></tr>{reasons}</table>
-<h2>Sample of labelled images</h2>
-<div class="gallery">{"".join(cards)}</div>
 </body></html>
 """
 

@@ -19,12 +19,13 @@ def test_progress_wording():
     assert format_progress(counts(40, 0, 0), 9, 0) == (
         "labelling: 40 images to label, waiting for the first (0m09s)"
     )
-    # 30 done in the 10 s since the first: 3 images/s, 1,170 left -> 6.5 min.
+    # 30 done in the 10 s since the first was labelled: 3 images/s, 1,170 left -> 6.5 min.
     assert format_progress(counts(1200, 28, 2), 25, 10) == (
         "labelling: 30 of 1,200 images (2.5%), 2 failed, 3.0 images/s, ETA 6m30s (0m25s)"
     )
+    # Under a second of labelling: no rate yet (it would count the model's loading).
     assert format_progress(counts(4, 3, 1), 3, 0.5) == (
-        "labelling: 4 of 4 images (100.0%), 1 failed, 1.3 images/s (0m03s)"
+        "labelling: 4 of 4 images (100.0%), 1 failed (0m03s)"
     )
     assert clock(3 * 3600 + 125) == "3h02m"
 
@@ -45,7 +46,7 @@ def test_plain_lines_when_not_a_terminal(image_dir, probe_model, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("labelling: ")]
     total = len(image_dir["good"]) + len(image_dir["patches"]) + len(image_dir["bad"])
     assert len(lines) >= 2  # periodic lines, then the final one
-    assert lines[-1].startswith(f"labelling: {total} of {total} images (100.0%), 5 failed, ")
+    assert lines[-1].startswith(f"labelling: {total} of {total} images (100.0%), 5 failed")
     assert "\r" not in proc.stderr
 
 

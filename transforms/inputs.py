@@ -128,8 +128,7 @@ def new_uris(grouped: tuple[str, dict[str, Iterable]]) -> Iterator[str]:
 class KeepNew(beam.PTransform):
     """(wanted URIs, done URIs) -> each wanted URI once, unless it is done.
 
-    One CoGroupByKey does both the de-duplication and the skip; it is the pipeline's only
-    shuffle and spreads URIs over workers before any image is decoded, so decoded pixels
+    One CoGroupByKey does both the de-duplication and the skip, on strings: decoded pixels
     never cross a shuffle.
     """
 
