@@ -119,3 +119,21 @@ def test_label_images_console_script_is_the_same_command(image_dir, probe_model,
     bad = subprocess.run([command, *args, "--top_k=0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("label-images: error: --top_k")
+
+
+def test_require_gpu_fails_the_job_instead_of_labelling_on_cpu(image_dir, probe_model, tmp_path):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.fail("this test expects a machine without a GPU, as CI has")
+    out = tmp_path / "out"
+    proc = cli(
+        f"--input={image_dir['root']}/patch_*.png",
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=32",
+        "--require_gpu",
+    )
+    assert proc.returncode != 0
+    assert "--require_gpu is set but TensorFlow sees no GPU" in proc.stderr
+    assert not (out / "predictions").exists()

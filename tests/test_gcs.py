@@ -53,10 +53,10 @@ def test_glob_in_parquet_out_with_transient_and_permanent_faults(gcs, gcs_images
     assert f"{out}/predictions/date=2025-02-03" in proc.stderr
 
 
-def test_manifest_on_gcs_with_a_missing_object(gcs_images, probe_model, tmp_path):
+def test_manifest_on_gcs_listing_a_missing_object(gcs_images, probe_model, tmp_path):
     bucket = gcs_images["root"][5:].split("/")[0]
     listed = sorted(gcs_images["patches"])[:4]
-    missing = f"gs://{bucket}/images/deleted-after-listing.jpg"
+    missing = f"gs://{bucket}/images/never-uploaded.jpg"
     manifest = storage.Client().bucket(bucket).blob("lists/today.txt")
     manifest.upload_from_string("\n".join([*listed, missing, listed[0]]) + "\n")
     config = config_for(
@@ -72,8 +72,9 @@ def test_manifest_on_gcs_with_a_missing_object(gcs_images, probe_model, tmp_path
     assert counter_values(result)["images_read"] == 5
 
 
-def test_storage_outage_mid_run_loses_nothing(gcs, gcs_images, probe_model):
-    """The server goes away after the first image download and comes back 3 s later."""
+def test_object_deleted_and_storage_outage_mid_run_lose_nothing(gcs, gcs_images, probe_model):
+    """After the first image download (the inputs are all listed by then): one image not yet
+    read is deleted, then the server goes away and comes back 3 s later."""
     bucket = gcs_images["root"][5:].split("/")[0]
     out = f"gs://{bucket}/out"
     seen_before = len(gcs.requests())
@@ -82,7 +83,17 @@ def test_storage_outage_mid_run_loses_nothing(gcs, gcs_images, probe_model):
     def interrupt():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if any("alt=media" in line for line in gcs.requests()[seen_before:]):
+            downloads = [line for line in gcs.requests()[seen_before:] if "alt=media" in line]
+            if downloads:
+                unread = [
+                    u
+                    for u in gcs_images["good"]
+                    if not any(u.rsplit("/", 1)[1] in d for d in downloads)
+                ]
+                outage["deleted"] = unread[-1]
+                storage.Client().bucket(bucket).blob(
+                    unread[-1].split(f"gs://{bucket}/")[1]
+                ).delete()
                 gcs.stop()
                 outage["requests"] = len(gcs.requests())
                 time.sleep(3)
@@ -109,9 +120,12 @@ def test_storage_outage_mid_run_loses_nothing(gcs, gcs_images, probe_model):
     after = [line for line in gcs.requests()[outage["requests"] :] if "alt=media" in line]
     assert after, "no image was read after the restart"
 
-    uris = [r["uri"] for r in read_rows(out, "predictions") + read_rows(out, "errors")]
+    errors = read_rows(out, "errors")
+    uris = [r["uri"] for r in read_rows(out, "predictions") + errors]
     everything = [*gcs_images["good"], *gcs_images["patches"], *gcs_images["bad"]]
     assert sorted(uris) == sorted(everything)  # each exactly once, retried or failed
+    deleted = [r for r in errors if r["uri"] == outage["deleted"]]
+    assert [(r["stage"], r["reason"]) for r in deleted] == [("read", "NotFound")]
 
 
 def test_missing_bucket_fails_fast_naming_it(gcs, probe_model, tmp_path):

@@ -42,3 +42,14 @@ def test_copy_model_locally_copies_every_file_once(probe_model, tmp_path):
     assert copy_model_locally(probe_model, str(tmp_path)) == local
     handler = ImageClassifierHandler(local, image_size=8, batch_size=1)
     assert handler.run_inference([np.zeros((8, 8, 3), np.uint8)], handler.load_model())
+
+
+def test_require_gpu_stops_at_load_without_a_gpu(probe_model):
+    import tensorflow as tf
+
+    handler = ImageClassifierHandler(probe_model, image_size=32, batch_size=4, require_gpu=True)
+    if tf.config.list_physical_devices("GPU"):  # a machine with a GPU loads as usual
+        assert handler.load_model() is not None
+        return
+    with pytest.raises(RuntimeError, match="--require_gpu is set but TensorFlow sees no GPU"):
+        handler.load_model()

@@ -2,6 +2,7 @@
 is in that date's predictions or errors exactly once; local disk and gs:// alike."""
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -83,11 +84,24 @@ def test_opting_out_labels_everything_again(image_dir, probe_model, tmp_path):
     assert labelled_uris(str(tmp_path)) == sorted(list(image_dir["patches"]) * 2)
 
 
-def test_rerun_after_a_run_killed_part_way(image_dir, probe_model, tmp_path):
-    """SIGKILL once the first output file is being written, then the same command again."""
-    out = tmp_path / "out"
+def test_rerun_after_a_run_killed_part_way(images_and_output, probe_model, request):
+    """SIGKILL part-way (local: once the first output file is being written; gs://: once the
+    first image has been downloaded), then the same command again."""
+    images, out = images_and_output
+    if out.startswith("gs://"):
+        gcs = request.getfixturevalue("gcs")
+        seen = len(gcs.requests())
+
+        def part_way() -> bool:
+            return any("alt=media" in line for line in gcs.requests()[seen:])
+    else:
+
+        def part_way() -> bool:
+            temp = pathlib.Path(out) / "_temp"
+            return temp.exists() and any(p.is_file() for p in temp.rglob("*"))
+
     args = [
-        f"--input={image_dir['root']}/**",
+        f"--input={images['root']}/**",
         f"--output={out}",
         f"--model={probe_model}",
         "--image_size=64",
@@ -105,7 +119,7 @@ def test_rerun_after_a_run_killed_part_way(image_dir, probe_model, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and victim.poll() is None:
-            if (out / "_temp").exists() and any(p.is_file() for p in (out / "_temp").rglob("*")):
+            if part_way():
                 victim.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)
@@ -116,4 +130,4 @@ def test_rerun_after_a_run_killed_part_way(image_dir, probe_model, tmp_path):
 
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert labelled_uris(str(out)) == all_uris(image_dir)
+    assert labelled_uris(out) == all_uris(images)
