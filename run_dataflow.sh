@@ -25,9 +25,10 @@ OUTPUT, GPU_TYPE, GPU_COUNT, MACHINE_TYPE, DISK_SIZE_GB); flags win.
   --cpu            no GPU: CPU workers, no --require_gpu, one SDK process per core
 
 GPU runs use Runner v2 with the image as --sdk_container_image, the NVIDIA driver installed
-by Dataflow, one SDK process per worker (one model copy per GPU), --require_gpu and batches of
-64. Every other flag (--model, --date, --max_num_workers, --template_location, ...) is passed
-to python -m pipeline.run after these defaults, so it overrides them.
+by Dataflow, one SDK process per worker (one model copy per GPU) and --require_gpu (which
+also makes the default batch 64). Every other flag (--model, --date, --max_num_workers,
+--template_location, ...) is passed to python -m pipeline.run after these defaults, so it
+overrides them.
 USAGE
 }
 
@@ -35,11 +36,9 @@ project=${PROJECT:-} region=${REGION:-us-central1} bucket=${BUCKET:-} image=${IM
 input=${INPUT:-} output=${OUTPUT:-} gpu_type=${GPU_TYPE:-nvidia-l4} gpu_count=${GPU_COUNT:-1}
 machine_type=${MACHINE_TYPE:-} disk_size_gb=${DISK_SIZE_GB:-50} cpu=false
 passthrough=()
-# take "$@": the flag's value, from --flag=value or from the next argument.
-take() { if [ -z "$value" ]; then value=${2:?"$1 needs a value"}; shift_by=2; fi; }
+source scripts/flags.sh
 while [ $# -gt 0 ]; do
-  flag=$1 value= shift_by=1
-  case "$flag" in --*=*) value=${flag#*=} flag=${flag%%=*} ;; esac
+  next_flag "$@"
   case "$flag" in
     -h|--help) usage; exit 0 ;;
     --cpu) cpu=true ;;
@@ -77,7 +76,7 @@ else
   args+=(
     --machine_type="${machine_type:-g2-standard-4}"
     --dataflow_service_options="worker_accelerator=type:$gpu_type;count:$gpu_count;install-nvidia-driver"
-    --experiments=no_use_multiple_sdk_containers --require_gpu --batch_size=64
+    --experiments=no_use_multiple_sdk_containers --require_gpu
   )
 fi
 

@@ -29,11 +29,9 @@ USAGE
 }
 
 master= endpoint= version=1.19 environment=() passthrough=()
-# take "$@": the flag's value, from --flag=value or from the next argument.
-take() { if [ -z "$value" ]; then value=${2:?"$1 needs a value"}; shift_by=2; fi; }
+source scripts/flags.sh
 while [ $# -gt 0 ]; do
-  flag=$1 value= shift_by=1
-  case "$flag" in --*=*) value=${flag#*=} flag=${flag%%=*} ;; esac
+  next_flag "$@"
   case "$flag" in
     -h|--help) usage; exit 0 ;;
     --flink_master) take "$@"; master=$value ;;

@@ -1,7 +1,8 @@
-"""One command, one machine: the bare model's limit, decode cost, and the real pipeline
-(python -m pipeline.run on DirectRunner) end to end, with peak memory at N and 10 x N.
+"""One command, one machine: the bare model's limit, decode cost, a plain script's time, and
+the real pipeline (python -m pipeline.run on DirectRunner) end to end, with peak memory at N
+and 10 x N and its feeding rate with a near-zero-cost model.
 
-    .venv/bin/python -m benchmarks.run [--n 300] [--batch_size 32] [--memory]
+    .venv/bin/python -m benchmarks.run [--n 300] [--batch_size 32] [--no_memory]
 
 Prints a table and the ratios pipeline/bare; writes them to benchmarks/results/latest.json.
 """
@@ -20,7 +21,7 @@ import time
 import numpy as np
 import pyarrow.dataset as ds
 
-from benchmarks.workload import build_b3, make_photos
+from benchmarks.workload import build_b3, build_trivial, make_photos
 from transforms.preprocess import decode_and_resize
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -80,74 +81,100 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="photos in the main run")
     parser.add_argument("--batch_size", type=int, default=32, help="inference batch size")
-    parser.add_argument("--memory", action="store_true", help="also run 10 x N for memory")
+    parser.add_argument(
+        "--no_memory", action="store_true", help="skip the 10 x N run (peak memory)"
+    )
     parser.add_argument("--workdir", default="/tmp/image-labeler-bench", help="scratch folder")
     args = parser.parse_args(argv)
 
-    work = args.workdir
+    work, n, batch = args.workdir, args.n, args.batch_size
     model = build_b3(os.path.join(work, "b3"))
-    sizes = [args.n] + ([10 * args.n] if args.memory else [])
+    trivial = build_trivial(os.path.join(work, "trivial"))
+    sizes = [n] + ([] if args.no_memory else [10 * n])
     folders = {}
-    for n in sizes:
-        folders[n] = os.path.join(work, f"photos_{n}")
-        if len(os.listdir(folders[n]) if os.path.isdir(folders[n]) else []) != n:
-            make_photos(n, folders[n])
+    for size in sizes:
+        folders[size] = os.path.join(work, f"photos_{size}")
+        if len(os.listdir(folders[size]) if os.path.isdir(folders[size]) else []) != size:
+            make_photos(size, folders[size])
+    stamp = int(time.time())
 
     _, _, bare_out = run_child(
-        [sys.executable, "-m", "benchmarks.bare_model", model, str(args.batch_size), "8"]
+        [sys.executable, "-m", "benchmarks.bare_model", model, str(batch), "8"]
     )
     bare = json.loads(bare_out.strip().splitlines()[0])
-    decode = decode_rate(
-        sorted(os.path.join(folders[args.n], f) for f in os.listdir(folders[args.n]))[:200]
+    photos = sorted(os.path.join(folders[n], f) for f in os.listdir(folders[n]))
+    decode = decode_rate(photos[:200])
+    simple_out = os.path.join(work, f"simple_{n}_{stamp}.parquet")
+    simple_wall, _, _ = run_child(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.simple_script",
+            folders[n],
+            model,
+            simple_out,
+            str(batch),
+        ]
     )
-    runs = {}
-    for n in sizes:
-        out = os.path.join(work, f"out_{n}_{int(time.time())}")
-        runs[n] = pipeline_run(folders[n], model, out, args.batch_size)
+    runs = {
+        size: pipeline_run(folders[size], model, os.path.join(work, f"out_{size}_{stamp}"), batch)
+        for size in sizes
+    }
+    feeding = pipeline_run(folders[n], trivial, os.path.join(work, f"trivial_{n}_{stamp}"), batch)
 
-    main_run = runs[args.n]
-    limit_wall = args.n / bare["rate"]
+    main_run = runs[n]
+    limit_wall = n / bare["rate"]
+    cores = os.cpu_count() or 1
     report = {
-        "machine": f"{platform.node()} {os.cpu_count()} cores {platform.processor()}".strip(),
-        "n": args.n,
-        "batch_size": args.batch_size,
+        "machine": f"{platform.node()} {cores} cores {platform.processor()}".strip(),
+        "n": n,
+        "batch_size": batch,
         "bare_rate": bare["rate"],
         "bare_load_s": bare["load_s"],
         "bare_first_batch_s": bare["first_batch_s"],
         "decode_rate_per_core": decode,
-        "pipeline": {str(n): r for n, r in runs.items()},
+        "simple_script_wall_s": simple_wall,
+        "pipeline": {str(size): r for size, r in runs.items()},
+        "feeding_rate": feeding["steady_rate"],
+        "feeding_rate_per_core": feeding["steady_rate"] / cores,
         "ratio_steady": main_run["steady_rate"] / bare["rate"],
         "ratio_end_to_end": limit_wall / main_run["wall_s"],
+        "ratio_vs_simple_script": simple_wall / main_run["wall_s"],
     }
-    if args.memory:
-        report["memory_ratio_10x"] = runs[10 * args.n]["peak_rss_mib"] / main_run["peak_rss_mib"]
+    if not args.no_memory:
+        report["memory_ratio_10x"] = runs[10 * n]["peak_rss_mib"] / main_run["peak_rss_mib"]
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(f"machine: {report['machine']}; N={args.n}, batch {args.batch_size}")
-    print(f"{'measure':<50}{'value':>10}")
+
+    print(f"machine: {report['machine']}; N={n}, batch {batch}")
+    print(f"{'measure':<58}{'value':>10}")
     rows = [
         ("bare model, steady (images/s)", bare["rate"]),
-        ("bare model, load (s)", bare["load_s"]),
+        ("bare model, TF import + load (s)", bare["load_s"]),
         ("bare model, first batch (s)", bare["first_batch_s"]),
         ("decode+resize 500x375 JPEG, one core (images/s)", decode),
+        (f"simple script N={n}: whole process (s)", simple_wall),
     ]
-    for n, r in runs.items():
+    for size, r in runs.items():
         rows += [
-            (f"pipeline N={n}: whole process (s)", r["wall_s"]),
-            (f"pipeline N={n}: end to end (images/s)", r["end_to_end_rate"]),
-            (f"pipeline N={n}: steady state (images/s)", r["steady_rate"]),
-            (f"pipeline N={n}: first prediction after (s)", r["first_prediction_s"]),
-            (f"pipeline N={n}: peak RSS (MiB)", r["peak_rss_mib"]),
+            (f"pipeline N={size}: whole process (s)", r["wall_s"]),
+            (f"pipeline N={size}: end to end (images/s)", r["end_to_end_rate"]),
+            (f"pipeline N={size}: steady state (images/s)", r["steady_rate"]),
+            (f"pipeline N={size}: first prediction after (s)", r["first_prediction_s"]),
+            (f"pipeline N={size}: peak RSS (MiB)", r["peak_rss_mib"]),
         ]
     rows += [
+        ("feeding: pipeline with a near-zero model, steady (images/s)", feeding["steady_rate"]),
+        ("feeding per core (images/s)", report["feeding_rate_per_core"]),
         ("ratio steady state pipeline/bare", report["ratio_steady"]),
         ("ratio end to end (N/bare rate)/whole process", report["ratio_end_to_end"]),
+        ("ratio simple script/pipeline whole process", report["ratio_vs_simple_script"]),
     ]
-    if args.memory:
+    if not args.no_memory:
         rows.append(("peak RSS 10xN / N", report["memory_ratio_10x"]))
     for name, value in rows:
-        print(f"{name:<50}{value:>10.2f}")
+        print(f"{name:<58}{value:>10.2f}")
 
 
 if __name__ == "__main__":

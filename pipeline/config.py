@@ -68,6 +68,7 @@ def check_model(handle: str, num_labels: int) -> None:
         )
 
 
+CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
 GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up
 
 
@@ -164,8 +165,9 @@ def validate(opts: LabelerOptions) -> Config:
             f"--progress_interval must be a positive number of seconds, "
             f"not {opts.progress_interval}"
         )
-    if opts.batch_size is None or opts.batch_size <= 0:
+    if opts.batch_size is not None and opts.batch_size <= 0:
         raise ConfigError(f"--batch_size must be a positive number, not {opts.batch_size}")
+    batch_size = opts.batch_size or (GPU_BATCH if opts.require_gpu else CPU_BATCH)
     date = check_date(opts.date)
     try:
         labels = load_labels(opts.labels_file)
@@ -191,7 +193,7 @@ def validate(opts: LabelerOptions) -> Config:
         labels=tuple(labels),
         top_k=opts.top_k,
         image_size=opts.image_size,
-        batch_size=opts.batch_size,
+        batch_size=batch_size,
         date=date,
         run_id=run_id,
         skip_existing=opts.skip_existing,

@@ -82,8 +82,9 @@ class LabelerOptions(PipelineOptions):
         parser.add_argument(
             "--batch_size",
             type=int,
-            default=32,
-            help="Images per model call, the largest inference batch (default 32).",
+            default=None,
+            help="Images per model call (default 32 on CPU, 64 with --require_gpu: a GPU "
+            "wants larger batches).",
         )
         add_switch(
             parser,

@@ -104,6 +104,13 @@ def main() -> None:
     except ConfigError as e:
         print(f"{prog_name()}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    # The job is finished and its files are closed. Tearing down the interpreter with a
+    # SavedModel loaded took 3.4 s on the benchmark machine (destructors, no work left), so
+    # the command ends here once its output streams are flushed.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

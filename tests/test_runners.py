@@ -82,7 +82,7 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
             "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
         ]
         assert "no_use_multiple_sdk_containers" in experiments
-        assert options["require_gpu"] is True and options["batch_size"] == 64
+        assert options["require_gpu"] is True
     else:
         assert pool["machineType"] == "n1-standard-4"
         assert not options.get("dataflow_service_options")
