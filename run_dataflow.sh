@@ -81,4 +81,10 @@ else
 fi
 
 scripts/setup_venv.sh
+# Workers run the image's Python; Beam needs the launching Python to be the same version.
+want=$(cat .python-version) have=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$have" != "$want" ]; then
+  echo "run_dataflow.sh: error: .venv has Python $have but the worker image has $want (.python-version)" >&2
+  exit 2
+fi
 exec .venv/bin/python -m pipeline.run "${args[@]}" "${passthrough[@]}"

@@ -8,7 +8,6 @@ import json
 import pathlib
 import re
 import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -150,7 +149,8 @@ def test_dockerfile_versions_agree_with_requirements():
     )
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.M))
     assert args["BEAM_VERSION"] == pins["apache-beam[gcp]"]
-    assert args["PYTHON_VERSION"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    # One Python for the launching machine, the workers and the template launcher.
+    assert args["PYTHON_VERSION"] == (pathlib.Path(ROOT) / ".python-version").read_text().strip()
     launcher = re.search(r"python(\d)(\d+)-template-launcher-base", dockerfile)
     assert f"{launcher[1]}.{launcher[2]}" == args["PYTHON_VERSION"]
     # Every package comes from requirements.txt, TensorFlow's CUDA extra at the same pin.
