@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     work, n, batch = args.workdir, args.n, args.batch_size
-    model = build_b3(os.path.join(work, "b3"))
+    model = build_b3(os.path.join(work, "b3-hub-layout"))
     trivial = build_trivial(os.path.join(work, "trivial"))
     sizes = [n] + ([] if args.no_memory else [10 * n])
     folders = {}
