@@ -14,6 +14,7 @@ from pipeline.options import LabelerOptions
 from transforms.inputs import URI_COLUMN, manifest_columns, manifest_kind, normalize_uri
 from transforms.labels import load_labels
 from transforms.model import is_remote_file_uri, saved_model_outputs
+from transforms.sink import temp_dir
 
 
 class ConfigError(ValueError):
@@ -143,6 +144,20 @@ def check_inputs(patterns: list[str], manifest: str | None) -> None:
             )
 
 
+def check_writable(output: str, run_id: str) -> None:
+    """Writes and deletes one empty file where the run keeps its temporary files, so an
+    output the credentials (or the file system) will not take fails now, not after the work."""
+    folder = temp_dir(output, run_id, "probe")
+    probe = FileSystems.join(folder, "writable")
+    try:
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+        if FileSystems.exists(folder):  # a local folder; object stores have none
+            FileSystems.delete([folder])
+    except Exception as e:  # noqa: BLE001 - permissions, a file in the way, no space
+        raise ConfigError(f"--output {output} cannot be written to ({e})") from e
+
+
 def check_date(date: str | None) -> str:
     if date is None:
         return dt.datetime.now(dt.UTC).date().isoformat()
@@ -185,6 +200,7 @@ def validate(opts: LabelerOptions) -> Config:
     check_inputs(patterns, manifest)
     check_model(model, len(labels))
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    check_writable(output, run_id)  # last: a run that stops earlier writes nothing at all
     return Config(
         inputs=tuple(patterns),
         manifest=manifest,

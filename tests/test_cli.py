@@ -78,6 +78,7 @@ BAD_OPTIONS = [
     (["--labels=TEN_LABELS"], "has 1000 outputs but the labels file has 10 names"),
     (["--progress_interval=0"], "--progress_interval must be a positive"),
     (["--skip_existing=maybe"], "expected true or false, not 'maybe'"),
+    (["--output=A_FILE/out"], "cannot be written to"),
 ]
 
 
@@ -87,7 +88,12 @@ def test_bad_options_stop_before_any_work(extra, message, image_dir, probe_model
     no_uri.write_text("path\n/a.jpg\n")
     ten = tmp_path / "ten.txt"
     ten.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
-    placeholders = {"MODEL_NOT_SAVEDMODEL": tmp_path, "MANIFEST_NO_URI": no_uri, "TEN_LABELS": ten}
+    placeholders = {
+        "MODEL_NOT_SAVEDMODEL": tmp_path,
+        "MANIFEST_NO_URI": no_uri,
+        "TEN_LABELS": ten,
+        "A_FILE": ten,  # a file where a folder should be
+    }
     for name, value in placeholders.items():
         extra = [e.replace(name, str(value)) for e in extra]
     out = tmp_path / "out"
