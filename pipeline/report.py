@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import collections
 import dataclasses
 import html
 import io
@@ -18,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -52,33 +52,47 @@ class Report:
     sample: list[dict]  # uri, labels, scores (top-3)
 
 
-def build_report(predictions: list[dict], errors: list[dict], sample_size: int) -> Report:
-    """Pure: rows (as read back) -> every number the report shows."""
-    labelled = collections.Counter(r["date"] for r in predictions)
-    failed = collections.Counter(r["date"] for r in errors)
-    per_date = [(d, labelled[d], failed[d]) for d in sorted(set(labelled) | set(failed))]
+def build_report(predictions: pa.Table, errors: pa.Table, sample_size: int) -> Report:
+    """Pure: the output's columns (uri, labels, scores, date / uri, stage, reason, date) ->
+    every number the report shows, computed in Arrow so millions of rows stay cheap."""
+    labelled = count_by(predictions, ["date"])
+    failed = count_by(errors, ["date"])
+    dates = sorted({d for (d,) in labelled} | {d for (d,) in failed})
+    per_date = [(d, labelled.get((d,), 0), failed.get((d,), 0)) for d in dates]
 
-    scores_by_label: dict[str, list[float]] = collections.defaultdict(list)
-    for row in predictions:
-        scores_by_label[row["labels"][0]].append(row["scores"][0])
-    ranked = sorted(scores_by_label.items(), key=lambda item: (-len(item[1]), item[0]))
-    top_labels = [(label, len(s), sum(s) / len(s)) for label, s in ranked[:TOP_LABELS]]
+    top1 = pa.table(
+        {
+            "label": pc.list_element(predictions["labels"], 0),
+            "score": pc.list_element(predictions["scores"], 0),
+        }
+    )
+    by_label = top1.group_by("label").aggregate([("score", "count"), ("score", "mean")])
+    ranked = sorted(
+        tuples(by_label, ["label", "score_count", "score_mean"]), key=lambda r: (-r[1], r[0])
+    )
+    by_reason = errors.group_by(["stage", "reason"]).aggregate([("uri", "count"), ("uri", "min")])
+    reasons = sorted(
+        tuples(by_reason, ["stage", "reason", "uri_count", "uri_min"]),
+        key=lambda r: (-r[2], r[0], r[1]),
+    )
 
-    by_reason: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
-    for row in errors:
-        by_reason[(row["stage"], row["reason"])].append(row["uri"])
-    reasons = [
-        (stage, reason, len(uris), min(uris))
-        for (stage, reason), uris in sorted(by_reason.items(), key=lambda i: (-len(i[1]), i[0]))
-    ]
-
-    ordered = sorted(predictions, key=lambda r: r["uri"])
-    step = max(1, len(ordered) // sample_size) if sample_size else 0
+    ordered = predictions.sort_by("uri")
+    step = max(1, ordered.num_rows // sample_size) if sample_size else 0
+    picked = ordered.take(list(range(0, ordered.num_rows, step))[:sample_size]) if step else None
     sample = [
         {"uri": r["uri"], "labels": r["labels"][:3], "scores": r["scores"][:3]}
-        for r in (ordered[::step][:sample_size] if step else [])
+        for r in (picked.to_pylist() if picked is not None else [])
     ]
-    return Report(per_date, top_labels, reasons, [r["scores"][0] for r in predictions], sample)
+    return Report(per_date, ranked[:TOP_LABELS], reasons, top1["score"].to_pylist(), sample)
+
+
+def tuples(table: pa.Table, columns: list[str]) -> list[tuple]:
+    return list(zip(*(table[c].to_pylist() for c in columns), strict=True))
+
+
+def count_by(table: pa.Table, keys: list[str]) -> dict[tuple, int]:
+    counted = table.group_by(keys).aggregate([([], "count_all")])
+    return {row[:-1]: row[-1] for row in tuples(counted, [*keys, "count_all"])}
 
 
 def format_text(report: Report) -> str:
@@ -215,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         where = f"{args.root} (date {args.date})" if args.date else args.root
         print(f"{PROG}: error: no predictions or errors under {where}", file=sys.stderr)
         sys.exit(2)
-    report = build_report(predictions.to_pylist(), errors.to_pylist(), args.sample)
+    report = build_report(predictions, errors, args.sample)
     print(format_text(report))
     chart = chart_png(report)
     os.makedirs(args.out, exist_ok=True)

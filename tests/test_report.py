@@ -108,7 +108,7 @@ def test_report_numbers_from_rows():
     errors = [
         error_row(f"e{i}", stage, err) | {"date": d} for i, (d, stage, err) in enumerate(FAILED)
     ]
-    report = build_report(predictions, errors, sample_size=3)
+    report = build_report(pa.Table.from_pylist(predictions), pa.Table.from_pylist(errors), 3)
     assert report.per_date == [("2025-07-01", 5, 2), ("2025-07-02", 3, 1)]
     assert [(label, n) for label, n, _ in report.top_labels] == [
         ("tabby cat", 4),
