@@ -10,7 +10,7 @@ if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r "$reqs"
   # The project itself, editable: the label-images command runs this checkout's code.
-  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
   touch "$stamp"
   # requirements-dev.txt includes requirements.txt: the runtime set is installed too.
   [ "$(basename "$reqs")" != requirements-dev.txt ] || touch ".venv/.installed-$hash-requirements.txt"
