@@ -3,7 +3,8 @@ google.auth.default() answers at once instead of stalling) and the gcp-storage-e
 GCS server in a child process that stops when its parent goes away.
 
 python -m tests.gcs_servers PORT DATA_DIR LOG runs the emulator until stdin closes, logging
-each request to LOG. With faults on, the server itself misbehaves the way GCS can: an object
+each request to LOG. With faults on, the server itself behaves more like GCS: every download
+takes at least 30 ms (so a run's reads spread over time, as against a real bucket), an object
 whose name contains "flaky" answers its first download with 503, one containing "forbidden"
 always answers 403.
 """
@@ -23,6 +24,7 @@ import urllib.request
 
 HOST = "127.0.0.1"
 PROJECT = "test-project"
+DOWNLOAD_LATENCY_S = 0.03
 
 
 def free_port() -> int:
@@ -153,6 +155,7 @@ def _inject_faults(handler_cls) -> None:
 
     def do_get(self):
         if "alt=media" in self.path:
+            time.sleep(DOWNLOAD_LATENCY_S)
             name = urllib.parse.unquote(self.path.split("?")[0].rsplit("/o/", 1)[-1])
             if "forbidden" in name:
                 self.send_error(403, "injected permanent fault")

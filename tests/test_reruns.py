@@ -96,9 +96,9 @@ def test_rerun_after_a_run_killed_part_way(images_and_output, probe_model, reque
             return any("alt=media" in line for line in gcs.requests()[seen:])
     else:
 
-        def part_way() -> bool:
+        def part_way() -> bool:  # an output file being written (not the start-up probe)
             temp = pathlib.Path(out) / "_temp"
-            return temp.exists() and any(p.is_file() for p in temp.rglob("*"))
+            return any(p.is_file() for p in temp.glob("*-predictions/*"))
 
     args = [
         f"--input={images['root']}/**",
