@@ -16,14 +16,17 @@ def clock(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def format_progress(counts: dict[str, int], seconds: float, labelling_seconds: float) -> str:
+def format_progress(
+    counts: dict[str, int], seconds: float, labelling_seconds: float, final: bool = False
+) -> str:
     """counts: queued/labelled/failed so far; seconds since the start; labelling_seconds
     since the first image was labelled (the rate's window, so model loading does not count;
     no rate until it is 1 s long)."""
     done = counts["labelled"] + counts["failed"]
     total = counts["queued"]
     if total == 0:
-        return f"labelling: listing the inputs ({clock(seconds)})"
+        what = "nothing new to label" if final else "listing the inputs"
+        return f"labelling: {what} ({clock(seconds)})"
     if done == 0:
         return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"
     line = f"labelling: {done:,} of {total:,} images ({100 * done / max(total, 1):.1f}%)"
@@ -54,13 +57,13 @@ class ProgressPrinter:
         self._thread.start()
         return self
 
-    def _line(self) -> str:
+    def _line(self, final: bool = False) -> str:
         counts = LIVE.snapshot()
         now = time.monotonic()
         if self._first_labelled is None and counts["labelled"]:
             self._first_labelled = now
         since_first = now - self._first_labelled if self._first_labelled else 0.0
-        return format_progress(counts, now - self._started, since_first)
+        return format_progress(counts, now - self._started, since_first, final)
 
     def _write(self, line: str, final: bool = False) -> None:
         if self._tty:
@@ -79,4 +82,4 @@ class ProgressPrinter:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-        self._write(self._line(), final=True)
+        self._write(self._line(final=True), final=True)

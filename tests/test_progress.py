@@ -16,6 +16,9 @@ def counts(queued, labelled, failed):
 
 def test_progress_wording():
     assert format_progress(counts(0, 0, 0), 2, 0) == "labelling: listing the inputs (0m02s)"
+    assert format_progress(counts(0, 0, 0), 3, 0, final=True) == (
+        "labelling: nothing new to label (0m03s)"  # everything was already in the output
+    )
     assert format_progress(counts(40, 0, 0), 9, 0) == (
         "labelling: 40 images to label, waiting for the first (0m09s)"
     )
