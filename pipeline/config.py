@@ -14,7 +14,7 @@ from pipeline.options import LabelerOptions
 from transforms.inputs import URI_COLUMN, manifest_columns, manifest_kind, normalize_uri
 from transforms.labels import load_labels
 from transforms.model import is_remote_file_uri, saved_model_outputs
-from transforms.sink import temp_dir
+from transforms.sink import remove_temp, temp_dir
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,7 @@ def check_model(handle: str, num_labels: int) -> None:
 
 
 CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
+PROBE = "probe"  # the start-up write check's temporary folder: ROOT/_temp/<run id>-probe
 GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up
 
 
@@ -147,13 +148,11 @@ def check_inputs(patterns: list[str], manifest: str | None) -> None:
 def check_writable(output: str, run_id: str) -> None:
     """Writes and deletes one empty file where the run keeps its temporary files, so an
     output the credentials (or the file system) will not take fails now, not after the work."""
-    folder = temp_dir(output, run_id, "probe")
-    probe = FileSystems.join(folder, "writable")
+    probe = FileSystems.join(temp_dir(output, run_id, PROBE), "writable")
     try:
         FileSystems.create(probe).close()
         FileSystems.delete([probe])
-        if FileSystems.exists(folder):  # a local folder; object stores have none
-            FileSystems.delete([folder])
+        remove_temp(output, run_id, (PROBE,))
     except Exception as e:  # noqa: BLE001 - permissions, a file in the way, no space
         raise ConfigError(f"--output {output} cannot be written to ({e})") from e
 

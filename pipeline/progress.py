@@ -29,7 +29,7 @@ def format_progress(
         return f"labelling: {what} ({clock(seconds)})"
     if done == 0:
         return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"
-    line = f"labelling: {done:,} of {total:,} images ({100 * done / max(total, 1):.1f}%)"
+    line = f"labelling: {done:,} of {total:,} images ({100 * done / total:.1f}%)"
     line += f", {counts['failed']:,} failed"
     if labelling_seconds >= 1:
         rate = done / labelling_seconds

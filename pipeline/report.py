@@ -28,8 +28,7 @@ TOP_LABELS = 20
 
 def read_kind(root: str, kind: str, date: str | None, columns: list[str]) -> pa.Table:
     """The kind's finished files for one date or all, with a 'date' column from the path."""
-    dates = date or "*"
-    pattern = FileSystems.join(root.rstrip("/"), kind, f"date={dates}", "part-*.parquet")
+    pattern = sink.part_files(root, kind, date or "*")
     tables = []
     for meta in FileSystems.match([pattern])[0].metadata_list:
         with FileSystems.open(meta.path) as f:

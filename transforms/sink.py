@@ -34,9 +34,10 @@ def temp_dir(root: str, run_id: str, kind: str) -> str:
     return FileSystems.join(root.rstrip("/"), TEMP_DIR, f"{run_id}-{kind}")
 
 
-def remove_temp(root: str, run_id: str) -> None:
-    """After a successful run: its temporary folders (empty by then) go."""
-    paths = [temp_dir(root, run_id, kind) for kind in KINDS]
+def remove_temp(root: str, run_id: str, kinds: tuple[str, ...] = KINDS) -> None:
+    """A run's temporary folders, empty by then, go (local disk has folders; object stores
+    have none to remove)."""
+    paths = [temp_dir(root, run_id, kind) for kind in kinds]
     FileSystems.delete([p for p in paths if FileSystems.exists(p)])
 
 
