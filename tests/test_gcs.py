@@ -19,8 +19,9 @@ def copy_object(bucket: str, source: str, name: str) -> str:
     return f"gs://{bucket}/{name}"
 
 
-def test_glob_in_parquet_out_with_transient_and_permanent_faults(gcs, gcs_images, probe_model):
-    bucket = gcs_images["root"][5:].split("/")[0]
+def test_glob_in_parquet_out_with_transient_and_permanent_faults(
+    gcs, bucket, gcs_images, probe_model
+):
     first = gcs_images["good"][0]
     flaky = [copy_object(bucket, first, f"images/flaky_{i}.jpg") for i in range(3)]
     forbidden = copy_object(bucket, first, "images/forbidden.jpg")
@@ -53,8 +54,7 @@ def test_glob_in_parquet_out_with_transient_and_permanent_faults(gcs, gcs_images
     assert f"{out}/predictions/date=2025-02-03" in proc.stderr
 
 
-def test_manifest_on_gcs_listing_a_missing_object(gcs_images, probe_model, tmp_path):
-    bucket = gcs_images["root"][5:].split("/")[0]
+def test_manifest_on_gcs_listing_a_missing_object(bucket, gcs_images, probe_model, tmp_path):
     listed = sorted(gcs_images["patches"])[:4]
     missing = f"gs://{bucket}/images/never-uploaded.jpg"
     manifest = storage.Client().bucket(bucket).blob("lists/today.txt")
@@ -72,10 +72,11 @@ def test_manifest_on_gcs_listing_a_missing_object(gcs_images, probe_model, tmp_p
     assert counter_values(result)["images_read"] == 5
 
 
-def test_object_deleted_and_storage_outage_mid_run_lose_nothing(gcs, gcs_images, probe_model):
+def test_object_deleted_and_storage_outage_mid_run_lose_nothing(
+    gcs, bucket, gcs_images, probe_model
+):
     """After the first image download (the inputs are all listed by then): one image not yet
     read is deleted, then the server goes away and comes back 3 s later."""
-    bucket = gcs_images["root"][5:].split("/")[0]
     out = f"gs://{bucket}/out"
     seen_before = len(gcs.requests())
     outage = {}
