@@ -10,11 +10,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline.config import Config
 from transforms import sink
-from transforms.decode import ERRORS, ReadAndDecode
+from transforms.decode import ReadAndDecode
 from transforms.inputs import KeepNew, ListInputs
 from transforms.model import ImageClassifierHandler
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
+from transforms.vocabulary import ERRORS, PREDICTIONS
 
 
 @dataclasses.dataclass
@@ -62,6 +63,6 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
     def write(kind, schema):
         return sink.WritePartition(config.output, kind, config.date, config.run_id, schema)
 
-    _ = predictions | "WritePredictions" >> write(sink.PREDICTIONS, PREDICTION_SCHEMA)
-    _ = errors | "WriteErrors" >> write(sink.ERRORS, ERROR_SCHEMA)
+    _ = predictions | "WritePredictions" >> write(PREDICTIONS, PREDICTION_SCHEMA)
+    _ = errors | "WriteErrors" >> write(ERRORS, ERROR_SCHEMA)
     return LabelOutputs(predictions, errors)

@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.report_page import chart_png, format_html
 from transforms import sink
+from transforms.vocabulary import ERRORS, PREDICTIONS
 
 PROG = "python -m pipeline.report"
 DATE_IN_PATH = re.compile(r"/date=([^/]+)/[^/]+$")
@@ -121,8 +122,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    predictions = read_kind(args.root, sink.PREDICTIONS, args.date, ["uri", "labels", "scores"])
-    errors = read_kind(args.root, sink.ERRORS, args.date, ["uri", "stage", "reason"])
+    predictions = read_kind(args.root, PREDICTIONS, args.date, ["uri", "labels", "scores"])
+    errors = read_kind(args.root, ERRORS, args.date, ["uri", "stage", "reason"])
     if predictions.num_rows + errors.num_rows == 0:
         where = f"{args.root} (date {args.date})" if args.date else args.root
         print(f"{PROG}: error: no predictions or errors under {where}", file=sys.stderr)

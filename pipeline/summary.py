@@ -7,7 +7,8 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipeline.config import Config
 from transforms import sink
-from transforms.metrics import NAMESPACE, REASON_PREFIX, STAGES
+from transforms.metrics import NAMESPACE, REASON_PREFIX
+from transforms.vocabulary import ERRORS, PREDICTIONS, STAGES
 
 
 def counters(result: PipelineResult) -> dict[str, int]:
@@ -46,6 +47,6 @@ def summarize(result: PipelineResult, config: Config, seconds: float) -> str:
         f"{f' ({detail})' if detail else ''}"
         f"{f', {skipped} already in the output' if skipped else ''}"
         f" in {seconds:.1f} s ({rate:.1f} images/s); "
-        f"predictions: {sink.partition_dir(config.output, sink.PREDICTIONS, config.date)}, "
-        f"errors: {sink.partition_dir(config.output, sink.ERRORS, config.date)}"
+        f"predictions: {sink.partition_dir(config.output, PREDICTIONS, config.date)}, "
+        f"errors: {sink.partition_dir(config.output, ERRORS, config.date)}"
     )

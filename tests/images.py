@@ -72,3 +72,11 @@ BAD_REASONS = {
     "unsupported.pdf": "unsupported format",
     "bomb.png": "decompression bomb",
 }
+# The vocabulary reason each bad file's error row carries (README "What happens to bad input").
+BAD_KINDS = {
+    "empty.jpg": "empty file",
+    "not_an_image.jpg": "not an image",
+    "truncated.jpg": "corrupt image",
+    "unsupported.pdf": "not an image",
+    "bomb.png": "too many pixels",
+}

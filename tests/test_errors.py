@@ -1,33 +1,66 @@
-"""Error rows' reasons and the summary's breakdown of them, as pure functions."""
+"""Error rows' reasons (the vocabulary) and the summary's breakdown of them, as pure functions."""
 
 import pytest
 
 from pipeline.summary import failure_breakdown
-from transforms.rows import error_row, reason_of
+from tests.images import BAD_KINDS, bad_files
+from transforms import vocabulary as v
+from transforms.decode import read_bytes
+from transforms.preprocess import decode_and_resize
+from transforms.rows import failure_row
 
 
-@pytest.mark.parametrize(
-    "error,reason",
-    [
-        ("DecodeError: empty file (0 bytes)", "empty file"),
-        ("DecodeError: decompression bomb: 20000x20000 = 400000000 pixels", "decompression bomb"),
-        (
-            "DecodeError: corrupt or truncated image data (JPEG): image file is truncated",
-            "corrupt or truncated image data",
-        ),
-        ("DecodeError: undecodable PNG image: broken data stream", "undecodable PNG image"),
-        ("NotFound: 404 GET https://storage.googleapis.com/b/o/x.jpg", "NotFound"),
-        ("FileNotFoundError: [Errno 2] No such file or directory: '/x.jpg'", "FileNotFoundError"),
-        (
-            "tensorflow.python.framework.errors_impl.InvalidArgumentError: bad",
-            "InvalidArgumentError",
-        ),
-        ("", "unknown"),
-    ],
-)
-def test_reasons_are_short_and_groupable(error, reason):
-    assert reason_of(error) == reason
-    assert error_row("gs://b/x.jpg", "read", error)["reason"] == reason
+def raised_by(fn, *args) -> BaseException:
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - the exception is the result here
+        return e
+    raise AssertionError(f"{fn.__name__}{args} did not raise")
+
+
+def test_missing_local_file_is_not_found(tmp_path):
+    exc = raised_by(read_bytes, str(tmp_path / "missing.jpg"))
+    assert v.reason_for(v.READ, exc) == v.NOT_FOUND
+
+
+def test_local_permission_and_folder_errors_map_by_type():
+    assert v.reason_for(v.READ, PermissionError(13, "denied")) == v.NO_ACCESS
+    assert v.reason_for(v.READ, IsADirectoryError(21, "folder")) == v.NOT_A_FILE
+    assert v.reason_for(v.READ, TimeoutError("slow")) == v.READ_FAILED
+
+
+def test_google_client_errors_map_by_type():
+    from google.api_core import exceptions
+
+    assert v.reason_for(v.READ, exceptions.NotFound("gone")) == v.NOT_FOUND
+    assert v.reason_for(v.READ, exceptions.Forbidden("no")) == v.NO_ACCESS
+    assert v.reason_for(v.READ, exceptions.ServiceUnavailable("503")) == v.READ_FAILED
+
+
+def test_wrapped_storage_errors_keep_their_cause():
+    # Beam's filesystems wrap the client's exception; the reason comes from the cause.
+    try:
+        try:
+            raise FileNotFoundError("x.jpg")
+        except FileNotFoundError as inner:
+            raise OSError("could not open") from inner
+    except OSError as outer:
+        assert v.reason_for(v.READ, outer) == v.NOT_FOUND
+
+
+@pytest.mark.parametrize("name", sorted(BAD_KINDS))
+def test_every_decode_failure_has_a_vocabulary_reason(name, sample_jpeg):
+    exc = raised_by(decode_and_resize, bad_files(sample_jpeg)[name], 300)
+    row = failure_row("gs://b/" + name, v.DECODE, exc)
+    assert row["reason"] == BAD_KINDS[name]
+    assert row["reason"] in v.REASONS[v.DECODE]
+    assert row["error"].startswith("DecodeError: ")
+
+
+def test_reasons_belong_to_one_stage_each():
+    reasons = [r for stage in v.STAGES for r in v.REASONS[stage]]
+    assert len(reasons) == len(set(reasons))
+    assert set(v.REASONS) == set(v.STAGES)
 
 
 def test_breakdown_groups_by_stage_then_count():
@@ -35,11 +68,9 @@ def test_breakdown_groups_by_stage_then_count():
         "images_read": 10,
         "failed_decode": 3,
         "reason:decode:empty file": 1,
-        "reason:decode:not an image or unsupported format": 2,
-        "reason:read:NotFound": 1,
-        "reason:inference:InvalidArgumentError": 0,
+        "reason:decode:not an image": 2,
+        "reason:read:not found": 1,
+        "reason:inference:model failed": 0,
     }
-    assert failure_breakdown(counts) == (
-        "decode: 2 not an image or unsupported format, 1 empty file; read: 1 NotFound"
-    )
+    assert failure_breakdown(counts) == "decode: 2 not an image, 1 empty file; read: 1 not found"
     assert failure_breakdown({"images_read": 3}) == ""

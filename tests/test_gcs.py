@@ -126,7 +126,7 @@ def test_object_deleted_and_storage_outage_mid_run_lose_nothing(
     everything = [*gcs_images["good"], *gcs_images["patches"], *gcs_images["bad"]]
     assert sorted(uris) == sorted(everything)  # each exactly once, retried or failed
     deleted = [r for r in errors if r["uri"] == outage["deleted"]]
-    assert [(r["stage"], r["reason"]) for r in deleted] == [("read", "NotFound")]
+    assert [(r["stage"], r["reason"]) for r in deleted] == [("read", "not found")]
 
 
 def test_missing_bucket_fails_fast_naming_it(gcs, probe_model, tmp_path):

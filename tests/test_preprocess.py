@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.images import BAD_REASONS, bad_files, encode, jpeg_with_orientation, quadrants
+from tests.images import BAD_KINDS, BAD_REASONS, bad_files, encode, jpeg_with_orientation, quadrants
 from transforms.preprocess import DecodeError, decode_and_resize
 
 
@@ -121,8 +121,9 @@ def test_draft_decoding_of_large_jpeg_matches_full_decode():
 
 @pytest.mark.parametrize("name", sorted(BAD_REASONS))
 def test_bad_input_raises_a_clear_reason(name, sample_jpeg):
-    with pytest.raises(DecodeError, match=BAD_REASONS[name]):
+    with pytest.raises(DecodeError, match=BAD_REASONS[name]) as raised:
         decode_and_resize(bad_files(sample_jpeg)[name], 300)
+    assert raised.value.reason == BAD_KINDS[name]
 
 
 def test_pixel_limit_is_configurable():
@@ -135,7 +136,8 @@ def test_read_and_decode_keeps_order_and_routes_errors(tmp_path, sample_jpeg):
     from apache_beam.pvalue import TaggedOutput
     from apache_beam.utils.windowed_value import WindowedValue
 
-    from transforms.decode import ERRORS, ReadAndDecode
+    from transforms.decode import ReadAndDecode
+    from transforms.vocabulary import ERRORS
 
     uris = []
     for i in range(7):

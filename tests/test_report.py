@@ -28,9 +28,9 @@ LABELLED = [
     ("2025-07-02", "great grey owl", 0.9),
 ]
 FAILED = [
-    ("2025-07-01", "decode", "DecodeError: empty file (0 bytes)"),
-    ("2025-07-01", "decode", "DecodeError: empty file (0 bytes)"),
-    ("2025-07-02", "read", "NotFound: 404 GET gs://b/x.jpg"),
+    ("2025-07-01", "decode", "empty file", "DecodeError: empty file (0 bytes)"),
+    ("2025-07-01", "decode", "empty file", "DecodeError: empty file (0 bytes)"),
+    ("2025-07-02", "read", "not found", "NotFound: 404 GET gs://b/x.jpg"),
 ]
 EXPECTED_TEXT = """\
 date         labelled   failed
@@ -45,7 +45,7 @@ great grey owl                            2       0.600
 
 errors: stage/reason                           count  example
 decode/empty file                                  2  {root}/bad/0.jpg
-read/NotFound                                      1  {root}/bad/2.jpg"""
+read/not found                                     1  {root}/bad/2.jpg"""
 
 
 def write_known_output(root: str, image_uris: list[str]) -> None:
@@ -62,9 +62,9 @@ def write_known_output(root: str, image_uris: list[str]) -> None:
                 "processed_at": utc_now(),
             }
         )
-    for i, (date, stage, error) in enumerate(FAILED):
+    for i, (date, stage, reason, error) in enumerate(FAILED):
         by_date.setdefault(("errors", date), []).append(
-            error_row(f"{root}/bad/{i}.jpg", stage, error)
+            error_row(f"{root}/bad/{i}.jpg", stage, reason, error)
         )
     for (kind, date), rows in by_date.items():
         schema = PREDICTION_SCHEMA if kind == "predictions" else ERROR_SCHEMA
@@ -106,7 +106,8 @@ def test_report_numbers_from_rows():
         for i, (d, label, s) in enumerate(LABELLED)
     ]
     errors = [
-        error_row(f"e{i}", stage, err) | {"date": d} for i, (d, stage, err) in enumerate(FAILED)
+        error_row(f"e{i}", stage, reason, err) | {"date": d}
+        for i, (d, stage, reason, err) in enumerate(FAILED)
     ]
     report = build_report(pa.Table.from_pylist(predictions), pa.Table.from_pylist(errors), 3)
     assert report.per_date == [("2025-07-01", 5, 2), ("2025-07-02", 3, 1)]
@@ -116,7 +117,7 @@ def test_report_numbers_from_rows():
         ("great grey owl", 2),
     ]
     np.testing.assert_allclose([m for _, _, m in report.top_labels], [0.725, 0.5, 0.6])
-    assert report.reasons == [("decode", "empty file", 2, "e0"), ("read", "NotFound", 1, "e2")]
+    assert report.reasons == [("decode", "empty file", 2, "e0"), ("read", "not found", 1, "e2")]
     assert sorted(report.top1_scores) == sorted(s for _, _, s in LABELLED)
     assert [item["uri"] for item in report.sample] == ["u0", "u2", "u4"]
 

@@ -11,10 +11,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import metrics
+from transforms import vocabulary as v
 from transforms.preprocess import DEFAULT_MAX_PIXELS, decode_and_resize
-from transforms.rows import describe, error_row
-
-ERRORS = "errors"
+from transforms.rows import failure_row
 
 
 def read_bytes(uri: str) -> bytes:
@@ -25,13 +24,13 @@ def read_bytes(uri: str) -> bytes:
 
 def read_and_decode(uri: str, image_size: int, max_pixels: int):
     """(uri, image), or a TaggedOutput error row naming the stage that failed; never raises."""
-    stage = "read"
+    stage = v.READ
     try:
         data = read_bytes(uri)
-        stage = "decode"
+        stage = v.DECODE
         return uri, decode_and_resize(data, image_size, max_pixels)
     except Exception as e:  # noqa: BLE001 - every failure becomes an error row
-        return beam.pvalue.TaggedOutput(ERRORS, error_row(uri, stage, describe(e)))
+        return beam.pvalue.TaggedOutput(v.ERRORS, failure_row(uri, stage, e))
 
 
 class ReadAndDecode(beam.DoFn):

@@ -5,10 +5,10 @@ import threading
 
 from apache_beam.metrics import Metrics
 
+from transforms.vocabulary import STAGES
+
 NAMESPACE = "image_labeler"
 
-# Stage names used in error rows and in the failed_<stage> counters.
-STAGES = ("read", "decode", "inference")
 REASON_PREFIX = "reason:"  # one counter per stage and reason: reason:<stage>:<reason>
 
 images_queued = Metrics.counter(NAMESPACE, "images_queued")  # new URIs, after the skip

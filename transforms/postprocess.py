@@ -8,6 +8,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms import metrics
+from transforms import vocabulary as v
 from transforms.rows import error_row, utc_now
 
 
@@ -51,8 +52,8 @@ def failed_batch_rows(failure) -> Iterable[dict]:
     """RunInference's dead letter (batch of (uri, image), exception info) -> a row per URI."""
     batch, (exc_type, _, trace) = failure
     # The traceback's last line reads "ExceptionType: message", the form error rows carry.
-    reason = trace[-1].strip() if trace else exc_type.__name__
+    error = trace[-1].strip() if trace else exc_type.__name__
     for uri, _ in batch:
-        row = error_row(uri, "inference", reason)
+        row = error_row(uri, v.INFERENCE, v.MODEL_FAILED, error)
         metrics.count_failure(row)
         yield row

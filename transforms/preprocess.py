@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from transforms import vocabulary as v
+
 # Images above this many pixels are refused before any pixel is decoded (PIL's own default
 # limit, about a 9,500 x 9,500 image, at which it only warns).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -23,8 +25,9 @@ BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-class DecodeError(ValueError):
-    """The bytes are not an image this stage can label; the message says why."""
+class DecodeError(v.ImageError):
+    """The bytes are not an image this stage can label; `reason` says which kind of bad
+    (one of vocabulary.REASONS[DECODE]), the message the detail."""
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -33,23 +36,25 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     Reads no pixels yet, so a bomb is refused before it costs memory.
     """
     if not data:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError(v.EMPTY, "empty file (0 bytes)")
     with warnings.catch_warnings():
         # PIL warns (and past 2x raises) on huge images; we apply our own limit below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            raise DecodeError(f"decompression bomb: {e}") from e
+            raise DecodeError(v.TOO_MANY_PIXELS, f"decompression bomb: {e}") from e
         except Image.UnidentifiedImageError as e:
             raise DecodeError(
-                f"not an image or unsupported format ({len(data)} bytes, starts {data[:8]!r})"
+                v.NOT_AN_IMAGE,
+                f"not an image or unsupported format ({len(data)} bytes, starts {data[:8]!r})",
             ) from e
     width, height = img.size
     if width * height > max_pixels:
         raise DecodeError(
+            v.TOO_MANY_PIXELS,
             f"decompression bomb: {width}x{height} = {width * height} pixels "
-            f"exceeds the limit of {max_pixels}"
+            f"exceeds the limit of {max_pixels}",
         )
     return img
 
@@ -89,9 +94,9 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXE
         img = ImageOps.exif_transpose(img)
         rgb = to_rgb(img)
     except OSError as e:  # truncated or corrupt pixel data, codec errors
-        raise DecodeError(f"corrupt or truncated image data ({img.format}): {e}") from e
+        raise DecodeError(v.CORRUPT, f"corrupt or truncated image data ({img.format}): {e}") from e
     except (ValueError, SyntaxError, EOFError) as e:
-        raise DecodeError(f"undecodable {img.format} image: {e}") from e
+        raise DecodeError(v.CORRUPT, f"undecodable {img.format} image: {e}") from e
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import pyarrow as pa
+
+from transforms.vocabulary import reason_for
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -38,20 +39,17 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def reason_of(error: str) -> str:
-    """A short, low-cardinality reason for grouping errors: the exception type, or for a
-    DecodeError the first clause of its message ('empty file', 'decompression bomb', ...)."""
-    kind, _, message = error.partition(": ")
-    if kind != "DecodeError" or not message:
-        return kind.rsplit(".", 1)[-1] or "unknown"
-    return re.split(r" \(|: ", message, maxsplit=1)[0]
-
-
-def error_row(uri: str, stage: str, error: str) -> dict:
+def error_row(uri: str, stage: str, reason: str, error: str) -> dict:
+    """An error row; `reason` is one of vocabulary.REASONS[stage], `error` the detail."""
     return {
         "uri": uri,
         "stage": stage,
-        "reason": reason_of(error),
+        "reason": reason,
         "error": error,
         "processed_at": utc_now(),
     }
+
+
+def failure_row(uri: str, stage: str, exc: BaseException) -> dict:
+    """The error row for an exception raised while `stage` worked on `uri`."""
+    return error_row(uri, stage, reason_for(stage, exc), describe(exc))

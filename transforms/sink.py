@@ -10,9 +10,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 
-PREDICTIONS = "predictions"
-ERRORS = "errors"
-KINDS = (PREDICTIONS, ERRORS)
+from transforms.vocabulary import KINDS
+
 TEMP_DIR = "_temp"  # '_' keeps pyarrow, Spark and BigQuery from reading it as data
 ROWS_PER_GROUP = 10_000
 

@@ -1,0 +1,64 @@
+"""The project's words, in one place: pipeline stages, output kinds, and the small set of
+error reasons an error row carries (README "What happens to bad input" lists them)."""
+
+from __future__ import annotations
+
+# Stages an image passes through; an error row names the one that failed.
+READ, DECODE, INFERENCE = "read", "decode", "inference"
+STAGES = (READ, DECODE, INFERENCE)
+
+# Output kinds: ROOT/<kind>/date=D/part-*.parquet; ERRORS is also the tag of error rows.
+PREDICTIONS, ERRORS = "predictions", "errors"
+KINDS = (PREDICTIONS, ERRORS)
+
+# Error reasons, by the stage that can give them.
+NOT_FOUND = "not found"
+NO_ACCESS = "no access"
+NOT_A_FILE = "not a regular file"  # a folder, FIFO, device or socket
+TOO_LARGE = "too large"  # bigger than --max_object_mb
+READ_FAILED = "read failed"  # any other storage fault, after the client's retries
+EMPTY = "empty file"
+NOT_AN_IMAGE = "not an image"  # unknown or unsupported format
+CORRUPT = "corrupt image"  # truncated or undecodable pixel data
+TOO_MANY_PIXELS = "too many pixels"  # a decompression bomb, refused from the header
+MODEL_FAILED = "model failed"
+
+REASONS = {
+    READ: (NOT_FOUND, NO_ACCESS, NOT_A_FILE, TOO_LARGE, READ_FAILED),
+    DECODE: (EMPTY, NOT_AN_IMAGE, CORRUPT, TOO_MANY_PIXELS),
+    INFERENCE: (MODEL_FAILED,),
+}
+
+# Storage exceptions by class name (local, Beam and Google clients), so this module needs
+# none of those libraries.
+_READ_REASONS_BY_TYPE = {
+    "FileNotFoundError": NOT_FOUND,
+    "NotFound": NOT_FOUND,
+    "PermissionError": NO_ACCESS,
+    "Forbidden": NO_ACCESS,
+    "Unauthorized": NO_ACCESS,
+    "IsADirectoryError": NOT_A_FILE,
+}
+
+
+class ImageError(ValueError):
+    """An input this job cannot label, for a known reason (one of REASONS)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def reason_for(stage: str, exc: BaseException) -> str:
+    """The reason an error row of `stage` carries for `exc`."""
+    if isinstance(exc, ImageError):
+        return exc.reason
+    if stage == READ:
+        for cls in type(exc).__mro__:
+            if cls.__name__ in _READ_REASONS_BY_TYPE:
+                return _READ_REASONS_BY_TYPE[cls.__name__]
+        cause = exc.__cause__ or exc.__context__
+        return reason_for(stage, cause) if cause is not None else READ_FAILED
+    if stage == DECODE:
+        return CORRUPT
+    return MODEL_FAILED
