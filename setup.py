@@ -13,6 +13,6 @@ setuptools.setup(
     package_data={"transforms": ["data/*.txt"]},
     include_package_data=True,
     install_requires=REQUIREMENTS,
-    python_requires=">=3.10",
+    python_requires=">=3.11"  # datetime.UTC; tests/test_runners.py keeps it = .python-version,
     entry_points={"console_scripts": ["label-images=pipeline.run:main"]},
 )

@@ -5,16 +5,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import sys
 import uuid
 from collections.abc import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import LabelerOptions
-from transforms.inputs import URI_COLUMN, manifest_columns, manifest_kind, normalize_uri
+from transforms import sink
+from transforms.inputs import InputError, check_manifest, check_pattern, normalize_uri
 from transforms.labels import load_labels
-from transforms.model import is_remote_file_uri, saved_model_outputs
-from transforms.sink import remove_temp, temp_dir
+from transforms.model import (
+    BUILTIN_IMAGE_SIZES,
+    DEFAULT_MODEL,
+    FALLBACK_MODEL,
+    BuiltinModelError,
+    is_builtin_model,
+    is_remote_file_uri,
+    resolve_model_dir,
+    saved_model_outputs,
+    use_lasting_hub_cache,
+)
+from transforms.preprocess import MAX_IMAGE_SIZE
 
 
 class ConfigError(ValueError):
@@ -33,23 +45,34 @@ class Config:
     batch_size: int
     date: str
     run_id: str
-    skip_existing: bool = True
-    require_gpu: bool = False
-    quiet: bool = False
-    progress_interval: float = 10.0
+    skip_existing: bool
+    require_gpu: bool
+    quiet: bool
+    progress_interval: float
+    read_concurrency: int
+    max_inflight_bytes: int
+    max_object_bytes: int
+    max_error_ratio: float
 
 
 def check_model(handle: str, num_labels: int) -> None:
-    """http(s) handles must be fetchable; gs:// and local paths must hold a SavedModel; its
-    outputs, where saved_model.pb states them, must match the labels."""
+    """Built-in names must be ready (converted once into the user's cache); http(s) handles
+    must be fetchable; gs:// and local paths must hold a SavedModel (saved_model.pb and
+    variables/); its outputs, where saved_model.pb states them, must match the labels."""
     model_dir = handle
-    if FileSystems.get_scheme(handle) in ("http", "https"):
+    if is_builtin_model(handle):
+        try:
+            model_dir = resolve_model_dir(handle)  # converts on first use, then reuses
+        except BuiltinModelError as e:
+            raise ConfigError(str(e)) from None
+    elif FileSystems.get_scheme(handle) in ("http", "https"):
         import tensorflow_hub as hub
 
+        use_lasting_hub_cache()
         try:
             # Downloads into TFHUB_CACHE_DIR once; later runs (and the workers here) reuse it.
             model_dir = hub.resolve(handle)
-        except Exception as e:  # noqa: BLE001 - any failure means the same to the user
+        except Exception as e:  # any failure means the same to the user
             raise ConfigError(
                 f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
                 "the SavedModel where the internet is reachable, copy it here or to gs://, "
@@ -57,20 +80,56 @@ def check_model(handle: str, num_labels: int) -> None:
             ) from e
     elif not is_remote_file_uri(handle) and not os.path.isdir(handle):
         raise ConfigError(f"--model {handle} does not exist; pass a SavedModel directory")
-    elif not FileSystems.exists(FileSystems.join(handle.rstrip("/"), "saved_model.pb")):
+    root = model_dir.rstrip("/")
+    if not FileSystems.exists(FileSystems.join(root, "saved_model.pb")):
         raise ConfigError(
             f"--model {handle} is not a SavedModel directory (no saved_model.pb in it)"
         )
-    outputs = saved_model_outputs(model_dir)
+    if not FileSystems.exists(FileSystems.join(root, "variables", "variables.index")):
+        raise ConfigError(
+            f"--model {handle} is an incomplete SavedModel (no variables/variables.index in "
+            "it); copy the whole SavedModel folder, variables/ included"
+        )
+    try:
+        outputs = saved_model_outputs(model_dir)
+    except Exception as e:  # not a protobuf, or not a SavedModel's
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"--model {handle}: saved_model.pb is not a readable SavedModel "
+            f"({type(e).__name__}: {reason})"
+        ) from None
     if outputs is not None and outputs != num_labels:
         raise ConfigError(
             f"--model {handle} has {outputs} outputs but the labels file has {num_labels} "
-            "names; pass --labels with one class name per model output"
+            "names; pass --labels_file with one class name per model output"
         )
 
 
+def choose_model(given: str | None, num_labels: int) -> str:
+    """--model as given, checked; without
+    --model, EfficientNet-B3 from TF Hub, or where TF Hub cannot be reached, the built-in
+    EfficientNet-Lite0, said in one line on stderr."""
+    if given:
+        check_model(given, num_labels)
+        return given
+    try:
+        check_model(DEFAULT_MODEL, num_labels)
+        return DEFAULT_MODEL
+    except ConfigError as e:
+        if "cannot download" not in str(e):
+            raise
+    print(
+        f"TF Hub cannot be reached: labelling with the built-in {FALLBACK_MODEL} instead of "
+        "EfficientNet-B3 (pass --model to choose; README 'Models')",
+        file=sys.stderr,
+    )
+    check_model(FALLBACK_MODEL, num_labels)
+    return FALLBACK_MODEL
+
+
+MB = 1 << 20
+DEFAULT_IMAGE_SIZE = 300  # EfficientNet-B3's input side
 CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
-PROBE = "probe"  # the start-up write check's temporary folder: ROOT/_temp/<run id>-probe
 GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up
 
 
@@ -111,7 +170,7 @@ def check_buckets(uris: Iterable[str | None]) -> None:
     )
     try:
         client = gcs_client()
-    except Exception as e:  # noqa: BLE001 - a bad key file, a refused token, no network
+    except Exception as e:  # a bad key file, a refused token, no network
         raise ConfigError(f"gs://{buckets[0]}: the credentials do not work ({e}); {hint}") from e
     retry = DEFAULT_RETRY.with_timeout(GCS_CHECK_SECONDS)
     for bucket in buckets:
@@ -121,39 +180,31 @@ def check_buckets(uris: Iterable[str | None]) -> None:
             raise ConfigError(f"bucket gs://{bucket} does not exist") from None
         except (exceptions.Forbidden, exceptions.Unauthorized) as e:
             raise ConfigError(f"no access to gs://{bucket} ({e.message}); {hint}") from None
-        except Exception as e:  # noqa: BLE001 - unreachable after retries
+        except Exception as e:  # unreachable after retries
             raise ConfigError(f"cannot reach gs://{bucket} ({type(e).__name__}: {e})") from e
 
 
-def check_inputs(patterns: list[str], manifest: str | None) -> None:
+def check_inputs(patterns: list[str], manifest: str | None, output: str, date: str) -> None:
+    """Everything the run reads besides the model, before any work: each pattern matches files
+    (not a folder) outside the run's own output, the manifest is whole and lists URIs, and the
+    date's existing partition files (read to skip what is done) are readable Parquet. The
+    checks themselves live beside the readers (transforms.inputs, transforms.sink)."""
     if not patterns and not manifest:
         raise ConfigError("no input: pass --input PATTERN and/or --input_manifest PATH")
-    for pattern in patterns:
-        try:
-            found = FileSystems.match([pattern], limits=[1])[0].metadata_list
-        except Exception as e:  # noqa: BLE001 - unreachable bucket, bad credentials, ...
-            raise ConfigError(f"--input {pattern}: cannot list it ({e})") from e
-        if not found:
-            raise ConfigError(f"--input {pattern} matches no file; check the path and glob")
-    if manifest:
-        if not FileSystems.exists(manifest):
-            raise ConfigError(f"--input_manifest {manifest} does not exist")
-        if manifest_kind(manifest) != "text" and URI_COLUMN not in manifest_columns(manifest):
-            raise ConfigError(
-                f"--input_manifest {manifest} has no '{URI_COLUMN}' column; name the column "
-                f"of image URIs '{URI_COLUMN}'"
-            )
+    try:
+        for pattern in patterns:
+            check_pattern(pattern, exclude=sink.output_prefixes(output))
+        if manifest:
+            check_manifest(manifest)
+        sink.check_partitions(output, date)
+    except (InputError, sink.PartFileError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_writable(output: str, run_id: str) -> None:
-    """Writes and deletes one empty file where the run keeps its temporary files, so an
-    output the credentials (or the file system) will not take fails now, not after the work."""
-    probe = FileSystems.join(temp_dir(output, run_id, PROBE), "writable")
     try:
-        FileSystems.create(probe).close()
-        FileSystems.delete([probe])
-        remove_temp(output, run_id, (PROBE,))
-    except Exception as e:  # noqa: BLE001 - permissions, a file in the way, no space
+        sink.probe_writable(output, run_id)
+    except Exception as e:  # permissions, a file in the way, no space
         raise ConfigError(f"--output {output} cannot be written to ({e})") from e
 
 
@@ -170,10 +221,20 @@ def validate(opts: LabelerOptions) -> Config:
     """Checks every option once, cheapest first, before the model or any image is touched."""
     if not opts.output:
         raise ConfigError("--output is required: the folder or gs:// prefix to write to")
-    if opts.image_size is None or opts.image_size <= 0:
+    if opts.image_size is not None and not 1 <= opts.image_size <= MAX_IMAGE_SIZE:
         raise ConfigError(
-            f"--image_size must be a positive number of pixels, not {opts.image_size}"
+            f"--image_size must be between 1 and {MAX_IMAGE_SIZE} pixels, not {opts.image_size}"
         )
+    if opts.read_concurrency is None or opts.read_concurrency < 1:
+        raise ConfigError(f"--read_concurrency must be at least 1, not {opts.read_concurrency}")
+    for flag, value in (
+        ("max_inflight_mb", opts.max_inflight_mb),
+        ("max_object_mb", opts.max_object_mb),
+    ):
+        if value is None or not value > 0:
+            raise ConfigError(f"--{flag} must be a positive number of megabytes, not {value}")
+    if opts.max_error_ratio is None or not 0 <= opts.max_error_ratio <= 1:
+        raise ConfigError(f"--max_error_ratio must be between 0 and 1, not {opts.max_error_ratio}")
     if not opts.progress_interval or opts.progress_interval <= 0:
         raise ConfigError(
             f"--progress_interval must be a positive number of seconds, "
@@ -185,19 +246,23 @@ def validate(opts: LabelerOptions) -> Config:
     date = check_date(opts.date)
     try:
         labels = load_labels(opts.labels_file)
-    except Exception as e:  # noqa: BLE001 - missing, unreadable, not UTF-8
-        raise ConfigError(f"--labels {opts.labels_file} cannot be read ({e})") from e
+    except Exception as e:  # missing, unreadable, not UTF-8
+        raise ConfigError(f"--labels_file {opts.labels_file} cannot be read ({e})") from e
     if not labels:
-        raise ConfigError(f"--labels {opts.labels_file} is empty; it needs one class name a line")
+        raise ConfigError(
+            f"--labels_file {opts.labels_file} is empty; it needs one class name a line"
+        )
     if not 1 <= opts.top_k <= len(labels):
         raise ConfigError(f"--top_k must be between 1 and {len(labels)}, not {opts.top_k}")
     patterns = [normalize_uri(p) for p in opts.input or []]
     manifest = normalize_uri(opts.input_manifest) if opts.input_manifest else None
-    model = normalize_uri(opts.model)  # local paths made absolute; URLs, gs:// as given
+    given_model = opts.model
+    if given_model and not is_builtin_model(given_model):
+        given_model = normalize_uri(given_model)  # local paths absolute; URLs, gs:// as given
     output = normalize_uri(opts.output)
-    check_buckets([*patterns, manifest, output, model])
-    check_inputs(patterns, manifest)
-    check_model(model, len(labels))
+    check_buckets([*patterns, manifest, output, given_model])
+    check_inputs(patterns, manifest, output, date)
+    model = choose_model(given_model, len(labels))
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     check_writable(output, run_id)  # last: a run that stops earlier writes nothing at all
     return Config(
@@ -207,7 +272,7 @@ def validate(opts: LabelerOptions) -> Config:
         model=model,
         labels=tuple(labels),
         top_k=opts.top_k,
-        image_size=opts.image_size,
+        image_size=opts.image_size or BUILTIN_IMAGE_SIZES.get(model, DEFAULT_IMAGE_SIZE),
         batch_size=batch_size,
         date=date,
         run_id=run_id,
@@ -215,4 +280,8 @@ def validate(opts: LabelerOptions) -> Config:
         require_gpu=opts.require_gpu,
         quiet=opts.quiet,
         progress_interval=opts.progress_interval,
+        read_concurrency=opts.read_concurrency,
+        max_inflight_bytes=int(opts.max_inflight_mb * MB),
+        max_object_bytes=int(opts.max_object_mb * MB),
+        max_error_ratio=opts.max_error_ratio,
     )

@@ -37,7 +37,7 @@ def model_handler(config: Config) -> KeyedModelHandler:
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
-    wanted = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest)
+    wanted = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest, config.output)
     if config.skip_existing:
         done = pipeline | "ExistingOutput" >> sink.ExistingUris(config.output, config.date)
     else:
@@ -45,9 +45,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
     # The reshuffle (strings only) ends the stage here: every new URI is counted, so the
     # progress total is known, and spread over workers before the first image is read.
     uris = (wanted, done) | "KeepNew" >> KeepNew() | "Spread" >> beam.Reshuffle()
-    decoded = uris | "ReadAndDecode" >> beam.ParDo(ReadAndDecode(config.image_size)).with_outputs(
-        ERRORS, main="images"
-    )
+    decoded = uris | "ReadAndDecode" >> beam.ParDo(
+        ReadAndDecode(
+            config.image_size,
+            read_concurrency=config.read_concurrency,
+            max_inflight_bytes=config.max_inflight_bytes,
+            max_object_bytes=config.max_object_bytes,
+        )
+    ).with_outputs(ERRORS, main="images")
     inferred, dead_letters = (
         decoded.images
         | "RunInference" >> RunInference(model_handler(config)).with_exception_handling()

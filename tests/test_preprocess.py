@@ -130,37 +130,3 @@ def test_pixel_limit_is_configurable():
     data = encode(Image.new("RGB", (100, 100)), "PNG")
     with pytest.raises(DecodeError, match="decompression bomb: 100x100"):
         decode_and_resize(data, 8, max_pixels=9_999)
-
-
-def test_read_and_decode_keeps_order_and_routes_errors(tmp_path, sample_jpeg):
-    from apache_beam.pvalue import TaggedOutput
-    from apache_beam.utils.windowed_value import WindowedValue
-
-    from transforms.decode import ReadAndDecode
-    from transforms.vocabulary import ERRORS
-
-    uris = []
-    for i in range(7):
-        path = tmp_path / f"{i}.jpg"
-        path.write_bytes(sample_jpeg if i != 3 else b"")
-        uris.append(str(path))
-    uris.append(str(tmp_path / "missing.jpg"))
-    fn = ReadAndDecode(16, prefetch=2)
-    fn.setup()
-    fn.start_bundle()
-    outputs = [out for uri in uris for out in fn.process(uri)]
-    assert len(outputs) == len(uris) - 2  # two still in flight until the bundle ends
-    outputs += list(fn.finish_bundle())
-    fn.teardown()
-
-    def unwrap(out):
-        tag = out.tag if isinstance(out, TaggedOutput) else None
-        value = out.value if isinstance(out, TaggedOutput) else out
-        return tag, value.value if isinstance(value, WindowedValue) else value
-
-    seen = [unwrap(out) for out in outputs]
-    order = [value[0] if tag is None else value["uri"] for tag, value in seen]
-    assert order == uris
-    tags = {value["uri"]: (value["stage"]) for tag, value in seen if tag == ERRORS}
-    assert tags == {uris[3]: "decode", uris[-1]: "read"}
-    assert all(value[1].shape == (16, 16, 3) for tag, value in seen if tag is None)

@@ -6,6 +6,8 @@ import pty
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.progress import clock, format_progress
 from tests.runs import ROOT, cli
 
@@ -38,11 +40,13 @@ def job_args(image_dir, probe_model, out) -> list[str]:
         f"--input={image_dir['root']}/**",
         f"--output={out}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
         "--image_size=64",
         "--batch_size=2",
     ]
 
 
+@pytest.mark.slow
 def test_plain_lines_when_not_a_terminal(image_dir, probe_model, tmp_path):
     proc = cli(*job_args(image_dir, probe_model, tmp_path / "out"), "--progress_interval=0.2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,6 +57,7 @@ def test_plain_lines_when_not_a_terminal(image_dir, probe_model, tmp_path):
     assert "\r" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_one_line_in_place_on_a_terminal(image_dir, probe_model, tmp_path):
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -83,6 +88,7 @@ def test_one_line_in_place_on_a_terminal(image_dir, probe_model, tmp_path):
     assert f"\nlabelled {good} of {total} images" in refreshes[-1]  # then the summary
 
 
+@pytest.mark.slow
 def test_quiet_shows_only_the_summary(image_dir, probe_model, tmp_path):
     proc = cli(*job_args(image_dir, probe_model, tmp_path / "out"), "--quiet")
     assert proc.returncode == 0

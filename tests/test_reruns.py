@@ -13,6 +13,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from tests.runs import ROOT, cli, config_for, counter_values, output_files, read_rows, run_graph
 
+pytestmark = pytest.mark.slow  # every test here runs the real command
+
 
 @pytest.fixture(params=["local", "gcs"])
 def images_and_output(request, tmp_path):
@@ -43,6 +45,7 @@ def test_resume_repeat_and_crash_debris(images_and_output, probe_model, tmp_path
             *inputs,
             f"--output={out}",
             f"--model={probe_model}",
+            "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
             "--image_size=32",
             "--date=2025-03-04",
         )
@@ -78,6 +81,7 @@ def test_opting_out_labels_everything_again(image_dir, probe_model, tmp_path):
         f"--input={image_dir['root']}/patch_*.png",
         f"--output={tmp_path}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
     ]
     for extra in ([], ["--skip_existing=false"]):
         run_graph(config_for(*args, "--image_size=32", "--date=2025-03-05", *extra))
@@ -104,6 +108,7 @@ def test_rerun_after_a_run_killed_part_way(images_and_output, probe_model, reque
         f"--input={images['root']}/**",
         f"--output={out}",
         f"--model={probe_model}",
+        "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
         "--image_size=64",
         "--batch_size=2",
         "--date=2025-03-06",

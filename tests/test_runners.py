@@ -18,6 +18,8 @@ from tests.gcs_servers import free_port
 from tests.portable_services import PortableServices
 from tests.runs import ROOT, read_rows
 
+pytestmark = pytest.mark.slow  # every test here runs the real command
+
 IMAGE = "us-docker.pkg.dev/test-project/labeler/image-labeler:1"
 
 
@@ -59,6 +61,7 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
         f"--model={model}",
         "--date=2025-06-01",
         f"--template_location={template}",
+        "--labels=team=vision",  # Beam's Dataflow job labels, not the class names
         *(["--cpu"] if mode == "cpu" else []),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,6 +71,8 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
         storage.Client().bucket(bucket).blob("templates/labeler.json").download_as_text()
     )
     options = job["environment"]["sdkPipelineOptions"]["options"]
+    assert job["labels"] == {"team": "vision"}
+    assert "labels_file" not in options  # the class names stayed the bundled default
     (pool,) = job["environment"]["workerPools"]
     experiments = job["environment"]["experiments"]
     assert options["sdk_container_image"] == IMAGE
@@ -119,6 +124,7 @@ def test_flink_path_runs_through_the_job_api(image_dir, probe_model, tmp_path):
             f"--input={image_dir['root']}/empty.jpg",
             f"--output={out}",
             f"--model={probe_model}",
+            "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
             "--image_size=32",
             "--date=2025-06-02",
         )
@@ -171,5 +177,25 @@ def test_flex_template_metadata_lists_the_pipeline_options():
         assert parameter["isOptional"] == (name != "output")
         for regex in parameter.get("regexes", []):  # the flag's default passes its own regex
             default = flags[name].default
-            if default is not None and name != "labels":
+            if default is not None and name != "labels_file":
                 assert re.fullmatch(regex, str(default).lower()), (name, regex)
+
+
+def test_python_requires_is_the_one_python_the_suite_runs_on():
+    """setup.py's minimum is the project's one Python (.python-version, also the workers' and
+    the template launcher's), and this suite runs on it: the code is tested on 3.11 only, and
+    uses 3.11 APIs (datetime.UTC), so it must not install on 3.10."""
+    import ast
+    import sys
+
+    version = (pathlib.Path(ROOT) / ".python-version").read_text().strip()
+    setup = ast.parse((pathlib.Path(ROOT) / "setup.py").read_text())
+    (requires,) = [
+        k.value.value
+        for n in ast.walk(setup)
+        if isinstance(n, ast.Call)
+        for k in n.keywords
+        if k.arg == "python_requires"
+    ]
+    assert requires == f">={version}"
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == version

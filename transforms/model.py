@@ -19,6 +19,34 @@ from transforms.metrics import NAMESPACE
 
 DEFAULT_MODEL = "https://tfhub.dev/tensorflow/efficientnet/b3/classification/1"
 
+# Built-in model names --model accepts besides handles and paths -> their native image size.
+BUILTIN_IMAGE_SIZES: dict[str, int] = {"efficientnet-lite0": 224}
+
+
+class BuiltinModelError(RuntimeError):
+    """A built-in model cannot be made ready (weights missing or damaged, cache unwritable);
+    the one-line message says why and what to do."""
+
+
+FALLBACK_MODEL = "efficientnet-lite0"  # used when --model is not given and TF Hub is away
+
+
+def user_cache_dir(*parts: str) -> str:
+    """A lasting per-user folder for models (converted built-ins, TF Hub downloads):
+    $XDG_CACHE_HOME or ~/.cache, then beam-image-labeler/."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "beam-image-labeler", *parts)
+
+
+def use_lasting_hub_cache() -> None:
+    """TF Hub downloads go to the user's cache (not the system temp folder, which is
+    emptied), so a second run does not download again; TFHUB_CACHE_DIR, if set, wins."""
+    os.environ.setdefault("TFHUB_CACHE_DIR", user_cache_dir("tfhub"))
+
+
+def is_builtin_model(handle: str) -> bool:
+    return handle in BUILTIN_IMAGE_SIZES
+
 
 def is_remote_file_uri(handle: str) -> bool:
     """A Beam filesystem path other than the local disk (gs://, s3://, ...)."""
@@ -73,13 +101,26 @@ def saved_model_outputs(model_dir: str) -> int | None:
     return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
 
 
+def resolve_model_dir(handle: str) -> str:
+    """What hub.load is given for a --model value: a built-in name -> its local SavedModel
+    (converted once into the user's cache; BuiltinModelError if it cannot be), gs:// and
+    other remote file systems -> a local copy, a TF Hub handle/URL or local path as given."""
+    if is_builtin_model(handle):
+        from transforms.lite0 import lite0_saved_model
+
+        return lite0_saved_model()
+    if is_remote_file_uri(handle):
+        return copy_model_locally(handle)
+    return handle
+
+
 def load_module(handle: str) -> Any:
-    """TF Hub handle/URL, gs:// or local SavedModel directory -> the restored module."""
+    """Built-in name, TF Hub handle/URL, gs:// or local SavedModel directory -> the
+    restored module."""
     import tensorflow_hub as hub
 
-    if is_remote_file_uri(handle):
-        handle = copy_model_locally(handle)
-    return hub.load(handle)
+    use_lasting_hub_cache()
+    return hub.load(resolve_model_dir(handle))
 
 
 def configure_gpus(require_gpu: bool = False) -> int:
@@ -138,7 +179,7 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         if self._num_classes is not None and outputs != self._num_classes:
             raise ValueError(
                 f"model {self._model} has {outputs} outputs but the labels file has "
-                f"{self._num_classes} names; pass --labels with one name per output"
+                f"{self._num_classes} names; pass --labels_file with one name per output"
             )
         return logits
 

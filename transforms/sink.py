@@ -3,6 +3,8 @@ URIs a date's partitions already hold (what a re-run skips)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,10 +12,12 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 
+from transforms.printable import error_line, printable
 from transforms.vocabulary import KINDS
 
 TEMP_DIR = "_temp"  # '_' keeps pyarrow, Spark and BigQuery from reading it as data
 ROWS_PER_GROUP = 10_000
+PROBE = "probe"  # the start-up write check's temporary folder: ROOT/_temp/<run id>-probe
 
 
 def partition_dir(root: str, kind: str, date: str) -> str:
@@ -38,6 +42,78 @@ def remove_temp(root: str, run_id: str, kinds: tuple[str, ...] = KINDS) -> None:
     have none to remove)."""
     paths = [temp_dir(root, run_id, kind) for kind in kinds]
     FileSystems.delete([p for p in paths if FileSystems.exists(p)])
+
+
+def probe_writable(root: str, run_id: str) -> None:
+    """Writes and deletes one empty file where the run will keep its temporary files, so an
+    output the credentials (or the file system) will not take fails before any work; raises
+    what the file system raised."""
+    probe = FileSystems.join(temp_dir(root, run_id, PROBE), "writable")
+    FileSystems.create(probe).close()
+    FileSystems.delete([probe])
+    remove_temp(root, run_id, (PROBE,))
+
+
+def committed_rows(root: str, kind: str, date: str, run_id: str) -> int:
+    """Rows this run has in the partition: the files renamed into place, read from their
+    footers. What the run counted but is not here was lost."""
+    pattern = FileSystems.join(partition_dir(root, kind, date), f"part-{run_id}-*.parquet")
+    total = 0
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(meta.path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def output_prefixes(root: str) -> tuple[str, ...]:
+    """What a run writes under ROOT, as path prefixes (ROOT/predictions/, ROOT/errors/,
+    ROOT/_temp/): files starting with one are this job's output, never its input."""
+    base = root.rstrip("/")
+    return tuple(FileSystems.join(base, name) + "/" for name in (*KINDS, TEMP_DIR))
+
+
+class PartFileError(ValueError):
+    """A part-*.parquet file in a partition that cannot be read; the message names it."""
+
+
+def _unreadable(path: str, why: str) -> PartFileError:
+    return PartFileError(
+        f"{printable(path)} {why}; move it out of the partition (every part-*.parquet there is "
+        "read as this job's output)"
+    )
+
+
+def read_part_file(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One partition file's columns; PartFileError naming it if it is not readable Parquet."""
+    try:
+        with FileSystems.open(path) as f:
+            return pq.read_table(f, columns=columns)
+    except Exception as e:  # empty, not Parquet, truncated, missing columns
+        raise _unreadable(path, f"is not a readable Parquet file ({error_line(e)})") from None
+
+
+def check_part_file(path: str) -> None:
+    """Reads one partition file's footer: Parquet with a string 'uri' column (what a re-run
+    reads to skip what is done), else PartFileError naming it."""
+    try:
+        with FileSystems.open(path) as f:
+            schema = pq.ParquetFile(f).schema_arrow
+    except Exception as e:  # empty, not Parquet, truncated
+        raise _unreadable(path, f"is not a readable Parquet file ({error_line(e)})") from None
+    if "uri" not in schema.names or not pa.types.is_string(schema.field("uri").type):
+        raise _unreadable(path, "has no string 'uri' column")
+
+
+def check_partitions(root: str, date: str, threads: int = 16) -> None:
+    """Every part-*.parquet of the date's predictions and errors has a readable footer, so a
+    broken file stops the run at start-up with one line naming it (PartFileError)."""
+    paths = [
+        m.path
+        for kind in KINDS
+        for m in FileSystems.match([part_files(root, kind, date)])[0].metadata_list
+    ]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(check_part_file, sorted(paths)))
 
 
 class ParquetSink(fileio.FileSink):

@@ -1,0 +1,137 @@
+"""What the command's exit status and last line say: too many failed images (3), output that
+did not reach its partition (4), Ctrl-C and SIGTERM (130, 143: stopped, resumable), and a
+TensorFlow start-up that prints nothing. Real runs of the real command."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.runs import ROOT, cli, read_rows
+
+pytestmark = pytest.mark.slow  # every test here runs the real command
+
+
+def job(image_dir, probe_model, out, *extra) -> list[str]:
+    return [
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=32",
+        "--date=2025-04-01",
+        "--quiet",
+        *extra,
+    ]
+
+
+def every_uri(image_dir) -> list[str]:
+    return sorted([*image_dir["good"], *image_dir["patches"], *image_dir["bad"]])
+
+
+def stored_uris(out) -> list[str]:
+    return sorted(r["uri"] for kind in ("predictions", "errors") for r in read_rows(str(out), kind))
+
+
+def test_every_image_failed_exits_3_after_writing_the_errors(image_dir, probe_model, tmp_path):
+    out = tmp_path / "out"
+    bad = [f"--input={uri}" for uri in image_dir["bad"]]
+    proc = cli(*bad, *job(image_dir, probe_model, out, "--max_error_ratio=1"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    n = len(image_dir["bad"])
+    assert proc.stderr.splitlines()[-1] == (
+        f"python -m pipeline.run: error: {n} of {n} images failed (100%), more than "
+        "--max_error_ratio 1 allows; the error rows say why"
+    )
+    assert stored_uris(out) == sorted(image_dir["bad"])
+
+
+@pytest.mark.parametrize("ratio,status", [("0.1", 3), ("0.2", 0)])
+def test_error_ratio_decides_the_status(ratio, status, image_dir, probe_model, tmp_path):
+    out = tmp_path / "out"  # 5 bad files of 35: 14%
+    args = job(image_dir, probe_model, out, f"--max_error_ratio={ratio}")
+    proc = cli(f"--input={image_dir['root']}/**", *args)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert stored_uris(out) == every_uri(image_dir)  # written in full either way
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("python -m pipeline.run: error: 5 of 35") == (status == 3)
+
+
+def test_output_that_cannot_be_committed_exits_4_and_claims_nothing(
+    image_dir, probe_model, tmp_path
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions").write_text("a file where the predictions folder belongs")
+    n = len(image_dir["patches"])
+    proc = cli(f"--input={image_dir['root']}/patch_*.png", *job(image_dir, probe_model, out))
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    summary, error = proc.stderr.splitlines()[-2:]
+    assert summary.startswith(f"labelled 0 of {n} images ({n} more labelled but not written)")
+    assert error == (
+        f"python -m pipeline.run: error: {n} predictions rows of this run were not written "
+        "to their partitions; re-running the same command labels those images again"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_cleanly_and_the_same_command_resumes(
+    sig, status, image_dir, probe_model, tmp_path
+):
+    out = tmp_path / "out"
+    args = [f"--input={image_dir['root']}/**", *job(image_dir, probe_model, out)]
+    args += ["--batch_size=2", "--max_error_ratio=0.5"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and victim.poll() is None:
+            if any(p.is_file() for p in (out / "_temp").glob("*-predictions/*")):
+                victim.send_signal(sig)  # part-way: the first output file is being written
+                break
+            time.sleep(0.01)
+        _, stderr = victim.communicate(timeout=60)
+    finally:
+        victim.kill()
+    assert victim.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (last,) = stderr.splitlines()[-1:]
+    assert last.startswith("python -m pipeline.run: stopped; ")
+    assert last.endswith(
+        "Run the same command again to resume: what is kept is not labelled twice."
+    )
+    partitions = list(out.glob("*/date=*/*"))
+    assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in partitions)
+
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert stored_uris(out) == every_uri(image_dir)
+
+
+def test_tensorflow_start_up_prints_nothing(image_dir, probe_model, tmp_path):
+    """Without TF_CPP_MIN_LOG_LEVEL set, a good run's stderr is the summary line alone."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", f"--input={image_dir['root']}/patch_*.png"]
+        + job(image_dir, probe_model, out),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"labelled {len(image_dir['patches'])} of ")
+    assert pathlib.Path(out).exists()
