@@ -38,10 +38,10 @@ class Config:
     inputs: tuple[str, ...]
     manifest: str | None
     output: str
-    model: str
+    model: str | None  # None until check_storage_and_model has chosen it
     labels: tuple[str, ...]
     top_k: int
-    image_size: int
+    image_size: int | None  # None: the model's own, settled with the model
     batch_size: int
     date: str
     run_id: str
@@ -217,8 +217,27 @@ def check_date(date: str | None) -> str:
         raise ConfigError(f"--date {date} is not a date; use YYYY-MM-DD") from None
 
 
-def validate(opts: LabelerOptions) -> Config:
-    """Checks every option once, cheapest first, before the model or any image is touched."""
+def prepare(opts: LabelerOptions) -> Config:
+    """The checked Config a run uses: flags first, then storage and the model."""
+    return check_storage_and_model(check_flags(opts))
+
+
+def check_storage_and_model(config: Config) -> Config:
+    """What touches storage or the network, before any work: buckets reachable, inputs
+    present, the model chosen and ready (downloaded or converted), the output writable (a
+    probe file, last, so a run that stops earlier writes nothing). Returns the Config with
+    the model and its image size settled."""
+    check_buckets([*config.inputs, config.manifest, config.output, config.model])
+    check_inputs(list(config.inputs), config.manifest, config.output, config.date)
+    model = choose_model(config.model, len(config.labels))
+    check_writable(config.output, config.run_id)
+    image_size = config.image_size or BUILTIN_IMAGE_SIZES.get(model, DEFAULT_IMAGE_SIZE)
+    return dataclasses.replace(config, model=model, image_size=image_size)
+
+
+def check_flags(opts: LabelerOptions) -> Config:
+    """Every flag's value checked, cheapest first, touching nothing but the labels file; the
+    model (None: the default choice) and image size (None: the model's own) stay open."""
     if not opts.output:
         raise ConfigError("--output is required: the folder or gs:// prefix to write to")
     if opts.image_size is not None and not 1 <= opts.image_size <= MAX_IMAGE_SIZE:
@@ -259,20 +278,15 @@ def validate(opts: LabelerOptions) -> Config:
     given_model = opts.model
     if given_model and not is_builtin_model(given_model):
         given_model = normalize_uri(given_model)  # local paths absolute; URLs, gs:// as given
-    output = normalize_uri(opts.output)
-    check_buckets([*patterns, manifest, output, given_model])
-    check_inputs(patterns, manifest, output, date)
-    model = choose_model(given_model, len(labels))
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    check_writable(output, run_id)  # last: a run that stops earlier writes nothing at all
     return Config(
         inputs=tuple(patterns),
         manifest=manifest,
-        output=output,
-        model=model,
+        output=normalize_uri(opts.output),
+        model=given_model,
         labels=tuple(labels),
         top_k=opts.top_k,
-        image_size=opts.image_size or BUILTIN_IMAGE_SIZES.get(model, DEFAULT_IMAGE_SIZE),
+        image_size=opts.image_size,
         batch_size=batch_size,
         date=date,
         run_id=run_id,

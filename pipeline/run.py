@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline import summary
-from pipeline.config import Config, ConfigError, validate
+from pipeline.config import Config, ConfigError, prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
@@ -72,7 +72,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv, prog_name())
     import_tensorflow_quietly()
-    config: Config = validate(options.view_as(LabelerOptions))
+    config: Config = prepare(options.view_as(LabelerOptions))
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)

@@ -15,7 +15,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.config import validate
+from pipeline.config import prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
 from transforms.metrics import NAMESPACE
@@ -40,7 +40,7 @@ def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
 
 
 def config_for(*args: str):
-    return validate(PipelineOptions(list(args)).view_as(LabelerOptions))
+    return prepare(PipelineOptions(list(args)).view_as(LabelerOptions))
 
 
 def run_graph(config):

@@ -123,8 +123,9 @@ def load_module(handle: str) -> Any:
     return hub.load(resolve_model_dir(handle))
 
 
-def configure_gpus(require_gpu: bool = False) -> int:
-    """Memory growth on every GPU (so TF does not grab all memory up front); returns the count."""
+def configure_gpus(require_gpu: bool = False) -> None:
+    """Memory growth on every GPU (so TF does not grab all memory up front); with
+    require_gpu, a worker without one stops here."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -138,7 +139,6 @@ def configure_gpus(require_gpu: bool = False) -> int:
             "--require_gpu is set but TensorFlow sees no GPU on this worker "
             "(check the accelerator and the NVIDIA driver of the worker image)"
         )
-    return len(gpus)
 
 
 class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable]):
