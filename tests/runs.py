@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -26,8 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
     """python -m pipeline.run ARGS as a user runs it (TensorFlow's log level unset, so its
     start-up is as quiet as a user's); stdout and stderr captured."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env.update(popen.pop("env", {}))
+    env = cli_env() | popen.pop("env", {})
     return subprocess.run(
         [sys.executable, "-m", "pipeline.run", *args],
         cwd=ROOT,
@@ -37,6 +37,36 @@ def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
         timeout=timeout,
         **popen,
     )
+
+
+def cli_env() -> dict[str, str]:
+    """The environment a user's run has: TensorFlow's log level unset."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def signal_part_way(args, part_way, sig: int, timeout: float = 120) -> tuple[int, str]:
+    """Starts python -m pipeline.run ARGS, sends `sig` as soon as part_way() is true, and
+    returns (exit status, stderr); the process is always ended."""
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and victim.poll() is None:
+            if part_way():
+                victim.send_signal(sig)
+                break
+            time.sleep(0.01)
+        _, stderr = victim.communicate(timeout=60)
+    finally:
+        victim.kill()
+        victim.wait()
+    return victim.returncode, stderr
 
 
 def config_for(*args: str):

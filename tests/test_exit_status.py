@@ -2,16 +2,12 @@
 did not reach its partition (4), Ctrl-C and SIGTERM (130, 143: stopped, resumable), and a
 TensorFlow start-up that prints nothing. Real runs of the real command."""
 
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.runs import ROOT, cli, read_rows
+from tests.runs import cli, read_rows, signal_part_way
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
 
@@ -84,26 +80,12 @@ def test_a_signal_stops_cleanly_and_the_same_command_resumes(
     out = tmp_path / "out"
     args = [f"--input={image_dir['root']}/**", *job(image_dir, probe_model, out)]
     args += ["--batch_size=2", "--max_error_ratio=0.5"]
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and victim.poll() is None:
-            if any(p.is_file() for p in (out / "_temp").glob("*-predictions/*")):
-                victim.send_signal(sig)  # part-way: the first output file is being written
-                break
-            time.sleep(0.01)
-        _, stderr = victim.communicate(timeout=60)
-    finally:
-        victim.kill()
-    assert victim.returncode == status, stderr[-3000:]
+
+    def part_way() -> bool:  # the first output file is being written
+        return any(p.is_file() for p in (out / "_temp").glob("*-predictions/*"))
+
+    returncode, stderr = signal_part_way(args, part_way, sig)
+    assert returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr
     (last,) = stderr.splitlines()[-1:]
     assert last.startswith("python -m pipeline.run: stopped; ")
@@ -121,16 +103,7 @@ def test_a_signal_stops_cleanly_and_the_same_command_resumes(
 def test_tensorflow_start_up_prints_nothing(image_dir, probe_model, tmp_path):
     """Without TF_CPP_MIN_LOG_LEVEL set, a good run's stderr is the summary line alone."""
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", f"--input={image_dir['root']}/patch_*.png"]
-        + job(image_dir, probe_model, out),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli(f"--input={image_dir['root']}/patch_*.png", *job(image_dir, probe_model, out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith(f"labelled {len(image_dir['patches'])} of ")

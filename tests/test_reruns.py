@@ -1,17 +1,21 @@
 """Re-running is safe: after complete, crashed and repeated runs for one date, each input URI
 is in that date's predictions or errors exactly once; local disk and gs:// alike."""
 
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from tests.runs import ROOT, cli, config_for, counter_values, output_files, read_rows, run_graph
+from tests.runs import (
+    cli,
+    config_for,
+    counter_values,
+    output_files,
+    read_rows,
+    run_graph,
+    signal_part_way,
+)
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
 
@@ -113,25 +117,8 @@ def test_rerun_after_a_run_killed_part_way(images_and_output, probe_model, reque
         "--batch_size=2",
         "--date=2025-03-06",
     ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and victim.poll() is None:
-            if part_way():
-                victim.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        victim.kill()
-        victim.wait()
-    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    returncode, _ = signal_part_way(args, part_way, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
