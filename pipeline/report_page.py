@@ -6,10 +6,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # report.py imports this module
-    from pipeline.report import Report
+from pipeline.report_data import Report
+from transforms.printable import printable
 
 
 def chart_png(report: Report) -> bytes:
@@ -21,8 +20,12 @@ def chart_png(report: Report) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
-    names = [label for label, _, _ in report.top_labels][::-1]
-    bars.barh(names, [n for _, n, _ in report.top_labels][::-1], color="#4c72b0")
+    names = [printable(label) for label, _, _ in report.top_labels][::-1]
+    rows = range(len(names))
+    bars.barh(rows, [n for _, n, _ in report.top_labels][::-1], color="#4c72b0")
+    # Class names are data: drawn literally, never as mathtext ('$x^2$') or LaTeX, control
+    # characters as escapes.
+    bars.set_yticks(rows, labels=names, parse_math=False, usetex=False)
     bars.set_title(f"Top {len(names)} labels (images with it as top-1)")
     bars.set_xlabel("images")
     bars.tick_params(axis="y", labelsize=8)
@@ -40,23 +43,33 @@ def chart_png(report: Report) -> bytes:
 
 def thumbnail_uri(uri: str, size: int = 160) -> str | None:
     """A JPEG data: URI of the image (any Beam filesystem), or None if it cannot be read."""
-    from transforms.decode import read_bytes
+    from transforms import reader
+    from transforms.decode import DEFAULT_MAX_OBJECT_BYTES as most
     from transforms.preprocess import open_image, to_rgb
 
     try:
-        image = to_rgb(open_image(read_bytes(uri)))
+        # The job's own bounded reads: a file swapped since for a FIFO or a huge one is refused.
+        path, budget = reader.local_path(uri), reader.ByteBudget(most)
+        data = (
+            reader.read_local(path, most, budget)
+            if path is not None
+            else reader.read_beam(uri, most, budget)
+        )
+        image = to_rgb(open_image(data))
         image.thumbnail((size, size))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=80)
-    except Exception:  # noqa: BLE001 - a vanished or unreadable image shows as missing
+    except Exception:  # a vanished or unreadable image shows as missing
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def format_html(report: Report, chart: bytes, root: str) -> str:
+    """The page; every text from the data (dates from folder names, labels, reasons, URIs,
+    the root) is HTML-escaped, quotes included."""
     e = html.escape
     rows = "".join(
-        f"<tr><td>{d}</td><td>{n:,}</td><td>{f:,}</td></tr>" for d, n, f in report.per_date
+        f"<tr><td>{e(d)}</td><td>{n:,}</td><td>{f:,}</td></tr>" for d, n, f in report.per_date
     )
     labels = "".join(
         f"<tr><td>{e(label)}</td><td>{n:,}</td><td>{mean:.3f}</td></tr>"

@@ -1,6 +1,7 @@
 """python -m pipeline.report on a known output (numbers checked), its PNG, and its HTML page
 opened in headless Chromium: no console errors, every thumbnail shown; local and gs://."""
 
+import io
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from pipeline.report import build_report
+from pipeline.report_data import build_report
 from tests.browser import Page
 from tests.runs import ROOT
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA, error_row, utc_now
@@ -122,6 +123,7 @@ def test_report_numbers_from_rows():
     assert [item["uri"] for item in report.sample] == ["u0", "u2", "u4"]
 
 
+@pytest.mark.slow
 def test_report_text_png_and_html_in_chromium(known_output, tmp_path):
     root, images = known_output
     out = tmp_path / "report"
@@ -167,3 +169,113 @@ def test_report_on_an_empty_root_says_so(tmp_path):
         .splitlines()[-1]
         .startswith("python -m pipeline.report: error: no predictions or errors under")
     )
+
+
+# Text an attacker (or an unlucky user) can put in an output: a partition folder, file names,
+# class names and reasons that are HTML, mathtext or terminal escape sequences.
+PAYLOAD = "<img src=y onerror=alert(5)>"
+HOSTILE_LABELS = ["$x^2$", r"$\notacommand$", "\x1b[2J\x1b[31mred", "<b>bold</b>"]
+
+
+def write_hostile_output(root: str, image_dir: dict, tmp_path) -> list[str]:
+    """A partition named date=PAYLOAD holding real images under hostile names."""
+    images = []
+    for i, name in enumerate([f"{PAYLOAD}.jpg", "\x1b]0;pwned\x07.jpg", "tab\there.jpg", "ok.jpg"]):
+        path = tmp_path / "imgs" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(open(image_dir["good"][i], "rb").read())
+        images.append(str(path))
+    rows = [
+        {
+            "uri": uri,
+            "class_ids": [1, 2, 3],
+            "labels": [label, "x", "y"],
+            "scores": [0.5, 0.3, 0.2],
+            "model": "test",
+            "processed_at": utc_now(),
+        }
+        for uri, label in zip(images, HOSTILE_LABELS, strict=True)
+    ]
+    errors = [error_row(f"/gone/{PAYLOAD}\x1b[2J.jpg", "read", "not\x1b[5m found", "x")]
+    for kind, schema, table_rows in [
+        ("predictions", PREDICTION_SCHEMA, rows),
+        ("errors", ERROR_SCHEMA, errors),
+    ]:
+        path = FileSystems.join(root, kind, f"date={PAYLOAD}", "part-x-00000-of-00001.parquet")
+        with FileSystems.create(path) as f:
+            pq.write_table(pa.Table.from_pylist(table_rows, schema=schema), f)
+    return images
+
+
+def test_report_shows_hostile_text_literally_and_safely(image_dir, tmp_path):
+    root, out = str(tmp_path / "out"), tmp_path / "report"
+    images = write_hostile_output(root, image_dir, tmp_path)
+    proc = report_cli(root, f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]  # mathtext would have crashed the chart
+    assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in proc.stdout
+    assert "\\x1b[31mred" in proc.stdout and "not\\x1b[5m found" in proc.stdout
+    assert Image.open(out / "report.png").format == "PNG"
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert PAYLOAD not in page and "<b>bold" not in page
+    assert "&lt;img src=y onerror=alert(5)&gt;" in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "$x^2$" in page
+    with Page() as browser:
+        browser.load((out / "report.html").as_uri())
+        loaded = browser.evaluate(
+            "Array.from(document.images).map(i => [i.className, i.complete && i.naturalWidth > 0])"
+        )
+        first_cell = browser.evaluate("document.querySelector('td').innerText")
+        scripts = browser.evaluate("document.scripts.length")
+        problems = browser.problems
+    assert problems == []  # an injected <img src=y> would fail to load and be reported
+    assert sorted(loaded) == sorted([["chart", True]] + [["thumb", True]] * len(images))
+    assert first_cell == PAYLOAD and scripts == 0
+
+
+def test_report_chart_draws_class_names_literally():
+    from pipeline.report_data import Report
+    from pipeline.report_page import chart_png
+
+    literal = Report([("d", 2, 0)], [(HOSTILE_LABELS[1], 2, 0.5)], [], [0.5, 0.5], [])
+    assert Image.open(io.BytesIO(chart_png(literal))).format == "PNG"
+
+
+def test_report_out_naming_a_file_is_one_line(image_dir, tmp_path):
+    root = str(tmp_path / "out")
+    write_known_output(root, image_dir["good"][: len(LABELLED)])
+    taken = tmp_path / "report.txt"
+    taken.write_text("not a folder")
+    proc = report_cli(root, f"--out={taken}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"python -m pipeline.report: error: --out {taken} is a file; pass a folder for the report"
+    ]
+    assert taken.read_text() == "not a folder" and proc.stdout == ""
+
+
+@pytest.mark.parametrize("content", [b"", b"uri\n/x/a.jpg\n"], ids=["empty", "not-parquet"])
+def test_report_names_the_file_it_cannot_read(content, tmp_path, image_dir):
+    root = str(tmp_path / "out")
+    write_known_output(root, image_dir["good"][: len(LABELLED)])
+    bad = tmp_path / "out" / "errors" / "date=2025-07-02" / "part-bad-00000-of-00001.parquet"
+    bad.write_bytes(content)
+    proc = report_cli(root, f"--out={tmp_path / 'report'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"python -m pipeline.report: error: {bad} is not a readable Parquet file ("
+    )
+    assert not (tmp_path / "report").exists()
+
+
+def test_report_on_a_run_where_every_image_failed(tmp_path):
+    root = tmp_path / "out"
+    errors = [error_row(f"/gone/{i}.jpg", "read", "not found", "gone") for i in range(3)]
+    path = root / "errors" / "date=2025-07-03" / "part-x-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), path)
+    proc = report_cli(str(root), f"--out={tmp_path / 'report'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[1].split() == ["2025-07-03", "0", "3"]
+    assert "read/not found" in proc.stdout and (tmp_path / "report" / "report.html").exists()

@@ -1,0 +1,98 @@
+"""The report's data: a run's output read back (any filesystem) and every number the report
+shows, as a Report; the command (report.py) and its page (report_page.py) both read this."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import sink
+from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
+from transforms.vocabulary import ERRORS, PREDICTIONS
+
+DATE_IN_PATH = re.compile(r"/date=([^/]+)/[^/]+$")
+TOP_LABELS = 20
+SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, ERRORS: ERROR_SCHEMA}
+PREDICTION_COLUMNS = ["uri", "labels", "scores"]
+ERROR_COLUMNS = ["uri", "stage", "reason"]
+
+
+@dataclasses.dataclass
+class Report:
+    per_date: list[tuple[str, int, int]]  # date, labelled, failed
+    top_labels: list[tuple[str, int, float]]  # label, images with it top-1, mean top-1 score
+    reasons: list[tuple[str, str, int, str]]  # stage, reason, count, example uri
+    top1_scores: list[float]
+    sample: list[dict]  # uri, labels, scores (top-3)
+
+
+def read_kind(root: str, kind: str, date: str | None, columns: list[str]) -> pa.Table:
+    """The kind's finished files for one date or all, with a 'date' column from the path;
+    sink.PartFileError naming a file that cannot be read."""
+    pattern = sink.part_files(root, kind, date or "*")
+    tables = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        table = sink.read_part_file(meta.path, columns)
+        day = DATE_IN_PATH.search(meta.path)[1]
+        tables.append(table.append_column("date", pa.array([day] * table.num_rows, pa.string())))
+    if not tables:  # typed, so a date with only errors (or no errors) still adds up
+        schema = SCHEMAS[kind]
+        fields = [*(schema.field(c) for c in columns), pa.field("date", pa.string())]
+        return pa.schema(fields).empty_table()
+    return pa.concat_tables(tables)
+
+
+def read_output(root: str, date: str | None) -> tuple[pa.Table, pa.Table]:
+    """(predictions, errors) of one date or all, with the columns build_report needs."""
+    return (
+        read_kind(root, PREDICTIONS, date, PREDICTION_COLUMNS),
+        read_kind(root, ERRORS, date, ERROR_COLUMNS),
+    )
+
+
+def build_report(predictions: pa.Table, errors: pa.Table, sample_size: int) -> Report:
+    """Pure: the output's columns (uri, labels, scores, date / uri, stage, reason, date) ->
+    every number the report shows, computed in Arrow so millions of rows stay cheap."""
+    labelled = count_by(predictions, ["date"])
+    failed = count_by(errors, ["date"])
+    dates = sorted({d for (d,) in labelled} | {d for (d,) in failed})
+    per_date = [(d, labelled.get((d,), 0), failed.get((d,), 0)) for d in dates]
+
+    top1 = pa.table(
+        {
+            "label": pc.list_element(predictions["labels"], 0),
+            "score": pc.list_element(predictions["scores"], 0),
+        }
+    )
+    by_label = top1.group_by("label").aggregate([("score", "count"), ("score", "mean")])
+    ranked = sorted(
+        tuples(by_label, ["label", "score_count", "score_mean"]), key=lambda r: (-r[1], r[0])
+    )
+    by_reason = errors.group_by(["stage", "reason"]).aggregate([("uri", "count"), ("uri", "min")])
+    reasons = sorted(
+        tuples(by_reason, ["stage", "reason", "uri_count", "uri_min"]),
+        key=lambda r: (-r[2], r[0], r[1]),
+    )
+
+    ordered = predictions.sort_by("uri")
+    step = max(1, ordered.num_rows // sample_size) if sample_size else 0
+    rows = pa.array(range(0, ordered.num_rows, step)[:sample_size] if step else [], pa.int64())
+    picked = ordered.take(rows)
+    sample = [
+        {"uri": r["uri"], "labels": r["labels"][:3], "scores": r["scores"][:3]}
+        for r in picked.to_pylist()
+    ]
+    return Report(per_date, ranked[:TOP_LABELS], reasons, top1["score"].to_pylist(), sample)
+
+
+def tuples(table: pa.Table, columns: list[str]) -> list[tuple]:
+    return list(zip(*(table[c].to_pylist() for c in columns), strict=True))
+
+
+def count_by(table: pa.Table, keys: list[str]) -> dict[tuple, int]:
+    counted = table.group_by(keys).aggregate([([], "count_all")])
+    return {row[:-1]: row[-1] for row in tuples(counted, [*keys, "count_all"])}
