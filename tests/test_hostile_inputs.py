@@ -136,6 +136,7 @@ def test_printable_shows_control_characters_as_escapes():
 # --- Runs of the CLI -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the real command
 def test_hostile_names_are_listed_and_labelled_under_their_own_names(
     tmp_path, sample_jpeg, probe_model
 ):
@@ -165,6 +166,7 @@ def test_hostile_names_are_listed_and_labelled_under_their_own_names(
     assert predicted == sorted(globbed + listed)
 
 
+@pytest.mark.slow  # runs the real command
 def test_csv_manifest_with_a_byte_order_mark(tmp_path, sample_jpeg, probe_model):
     """As a spreadsheet saves 'CSV UTF-8': BOM, CRLF, quoted values."""
     paths = write_images(tmp_path / "img", ["a, b.jpg", "c.jpg ", "é.jpg"], sample_jpeg)
@@ -177,6 +179,7 @@ def test_csv_manifest_with_a_byte_order_mark(tmp_path, sample_jpeg, probe_model)
     assert labelled_once(out) == (sorted(paths), [])
 
 
+@pytest.mark.slow  # runs the real command
 def test_output_inside_the_input_folder_is_never_input(tmp_path, sample_jpeg, probe_model):
     images = tmp_path / "photos"
     good = write_images(images, ["a.jpg", "b.jpg"], sample_jpeg)
@@ -198,6 +201,7 @@ def test_output_inside_the_input_folder_is_never_input(tmp_path, sample_jpeg, pr
     assert {kind: output_files(str(out), kind) for kind in files} == files
 
 
+@pytest.mark.slow  # runs the real command
 @pytest.mark.parametrize("given", ["FOLDER", "FOLDER/", ""])
 def test_a_folder_as_input_is_a_start_up_error(given, tmp_path, sample_jpeg, probe_model):
     folder = tmp_path / "photos"
@@ -243,6 +247,7 @@ BAD_MANIFESTS = {
 }
 
 
+@pytest.mark.slow  # runs the real command
 @pytest.mark.parametrize("name", BAD_MANIFESTS)
 def test_a_bad_manifest_is_one_line_naming_it(name, tmp_path, probe_model):
     make, message = BAD_MANIFESTS[name]
@@ -270,6 +275,7 @@ BAD_PARTS = {
 }
 
 
+@pytest.mark.slow  # runs the real command
 @pytest.mark.parametrize("kind", ["predictions", "errors"])
 @pytest.mark.parametrize("name", BAD_PARTS)
 def test_a_broken_partition_file_is_one_line_naming_it(

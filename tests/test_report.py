@@ -86,7 +86,7 @@ def report_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", pytest.param("gcs", marks=pytest.mark.slow)])
 def known_output(request, tmp_path, image_dir):
     """(root, image URIs) of a known output on local disk or on the GCS emulator."""
     if request.param == "local":
