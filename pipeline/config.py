@@ -20,6 +20,7 @@ from transforms.model import (
     DEFAULT_MODEL,
     FALLBACK_MODEL,
     BuiltinModelError,
+    check_label_count,
     is_builtin_model,
     is_remote_file_uri,
     resolve_model_dir,
@@ -98,11 +99,11 @@ def check_model(handle: str, num_labels: int) -> None:
             f"--model {handle}: saved_model.pb is not a readable SavedModel "
             f"({type(e).__name__}: {reason})"
         ) from None
-    if outputs is not None and outputs != num_labels:
-        raise ConfigError(
-            f"--model {handle} has {outputs} outputs but the labels file has {num_labels} "
-            "names; pass --labels_file with one class name per model output"
-        )
+    if outputs is not None:
+        try:
+            check_label_count(handle, outputs, num_labels)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def choose_model(given: str | None, num_labels: int) -> str:

@@ -101,6 +101,16 @@ def saved_model_outputs(model_dir: str) -> int | None:
     return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
 
 
+def check_label_count(model: str, outputs: int, num_labels: int) -> None:
+    """The one check that a model's outputs and the class names agree (at start-up from
+    saved_model.pb, on the worker after loading); ValueError with the fix otherwise."""
+    if outputs != num_labels:
+        raise ValueError(
+            f"--model {model} has {outputs} outputs but the labels file has {num_labels} "
+            "names; pass --labels_file with one class name per model output"
+        )
+
+
 def resolve_model_dir(handle: str) -> str:
     """What hub.load is given for a --model value: a built-in name -> its local SavedModel
     (converted once into the user's cache; BuiltinModelError if it cannot be), gs:// and
@@ -176,11 +186,8 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         logits.module = module  # keep the restored variables alive with the function
         # One grey image traces the function and tells the number of outputs.
         outputs = logits(np.full((1, size, size, 3), 128, np.uint8)).shape[-1]
-        if self._num_classes is not None and outputs != self._num_classes:
-            raise ValueError(
-                f"model {self._model} has {outputs} outputs but the labels file has "
-                f"{self._num_classes} names; pass --labels_file with one name per output"
-            )
+        if self._num_classes is not None:
+            check_label_count(self._model, outputs, self._num_classes)
         return logits
 
     def run_inference(
