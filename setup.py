@@ -13,6 +13,7 @@ setuptools.setup(
     package_data={"transforms": ["data/*.txt"]},
     include_package_data=True,
     install_requires=REQUIREMENTS,
-    python_requires=">=3.11"  # datetime.UTC; tests/test_runners.py keeps it = .python-version,
+    # datetime.UTC: 3.11 at least; tests/test_runners.py keeps it equal to .python-version
+    python_requires=">=3.11",
     entry_points={"console_scripts": ["label-images=pipeline.run:main"]},
 )
