@@ -66,9 +66,10 @@ def committed(config: Config) -> dict[str, int]:
     return {k: sink.committed_rows(config.output, k, config.date, config.run_id) for k in KINDS}
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Runs the job (to completion unless it is only staged or submitted) and returns the exit
-    status; raises ConfigError on a bad option before any work, Stopped on a signal."""
+def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
+    """Runs the job (to completion unless it is only staged or submitted); returns the exit
+    status and whether the job ran in this process. Raises ConfigError on a bad option, and
+    Stopped on a signal, before any work."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv, prog_name())
     import_tensorflow_quietly()
@@ -80,14 +81,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         pipeline.run()
         staged = options.view_as(GoogleCloudOptions).template_location
         print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
-        return summary.OK
+        return summary.OK, False
+    in_process = runs_in_this_process(options)
     printer = None
-    if not config.quiet and runs_in_this_process(options):
+    if not config.quiet and in_process:
         printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
     try:
         result = pipeline.run()
         result.wait_until_finish()
-    except Stopped:
+    except Stopped as stop:
         if printer:
             printer.stop()
             printer = None
@@ -98,7 +100,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             "the same command again to resume: what is kept is not labelled twice.",
             file=sys.stderr,
         )
-        raise
+        return summary.INTERRUPTED[stop.signal_name], in_process
     finally:
         if printer:
             printer.stop()
@@ -110,7 +112,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(summary.summarize(counts, written, config, time.monotonic() - started), file=sys.stderr)
     if why:
         print(f"{prog_name()}: error: {why}", file=sys.stderr)
-    return status
+    return status, in_process
 
 
 def import_tensorflow_quietly() -> None:
@@ -144,20 +146,25 @@ def main() -> None:
     logging.getLogger().addFilter(lambda r: "Resource module is not available" not in str(r.msg))
     signal.signal(signal.SIGINT, stop_on)
     signal.signal(signal.SIGTERM, stop_on)
+    in_process = True
     try:
-        status = run()
+        status, in_process = run()
     except ConfigError as e:
         print(f"{prog_name()}: error: {e}", file=sys.stderr)
         status = summary.BAD_OPTION
     except Stopped as e:
+        print(f"{prog_name()}: stopped before any work; nothing was written", file=sys.stderr)
         status = summary.INTERRUPTED[e.signal_name]
-    # The job is finished (or stopped) and its files are closed. Tearing down the interpreter
-    # with a SavedModel loaded took 3.4 s on the benchmark machine (destructors, no work
-    # left), and Beam's worker threads would keep a stopped run alive, so the command ends
-    # here once its output streams are flushed.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    if not in_process:
+        # A runner in other processes (Flink, Spark, a portable job service): Beam stops the
+        # job server it started in an exit hook, so the interpreter ends the usual way.
+        sys.exit(status)
+    # The job ran here and its files are closed. Tearing down the interpreter with a
+    # SavedModel loaded took 3.4 s on the benchmark machine (destructors, no work left), and
+    # Beam's worker threads would keep a stopped run alive, so the command ends here.
     os._exit(status)
 
 

@@ -1,0 +1,235 @@
+"""Helpers for tests/test_flink.py: a real Flink cluster on 127.0.0.1 (scripts/flink_cluster.sh),
+Beam's Flink job server (scripts/flink_job_server.sh), run_flink.sh runs and Flink's REST API.
+
+Where Java or Maven Central is missing the Flink tests skip with one line, except in CI
+(the CI environment variable is set), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.gcs_servers import free_port
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "scripts" / "flink_cluster.sh"
+JOB_SERVER = ROOT / "scripts" / "flink_job_server.sh"
+UNAVAILABLE = 3  # the scripts' exit status when a tool or a download is missing
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def unavailable(what: str) -> None:
+    """Skip on a user's machine; fail in CI, where Java, Maven and the registries must be."""
+    if in_ci():
+        pytest.fail(f"CI must run the Flink tests, but: {what}", pytrace=False)
+    pytest.skip(f"Flink tests need Java, Maven and Maven Central/PyPI: {what}")
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def job_server_jar() -> str:
+    """The job-server jar (fetched with Maven the first time), or a skip/failure."""
+    for tool in ("java", "javac", "mvn"):
+        if not shutil.which(tool):
+            unavailable(f"'{tool}' is not on PATH")
+    proc = subprocess.run([str(JOB_SERVER), "--quiet"], capture_output=True, text=True, timeout=900)
+    if proc.returncode == UNAVAILABLE:
+        unavailable(one_line(proc.stderr))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+class FlinkCluster:
+    """scripts/flink_cluster.sh start/stop in its own folder, plus what tests ask of it."""
+
+    def __init__(self, folder: pathlib.Path, taskmanagers: int = 1, slots: int = 1):
+        self.dir = folder
+        self.taskmanagers, self.slots = taskmanagers, slots
+        self.rest_port, self.pool_port = free_port(), free_port()
+        self.master = f"127.0.0.1:{self.rest_port}"
+        self.worker_pool = f"127.0.0.1:{self.pool_port}"
+        self.pids: dict[str, int] = {}
+
+    def start(self) -> FlinkCluster:
+        proc = subprocess.run(
+            [
+                str(CLUSTER),
+                "start",
+                f"--dir={self.dir}",
+                f"--taskmanagers={self.taskmanagers}",
+                f"--slots={self.slots}",
+                f"--rest_port={self.rest_port}",
+                f"--worker_pool_port={self.pool_port}",
+                # Should pytest itself die, the cluster stops within a second.
+                f"--watch_pid={os.getpid()}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode == UNAVAILABLE:
+            unavailable(one_line(proc.stderr))
+        assert proc.returncode == 0, proc.stderr[-3000:] + self.logs()
+        self.pids = {p.stem: int(p.read_text()) for p in self.dir.glob("*.pid")}
+        return self
+
+    def stop(self) -> None:
+        subprocess.run([str(CLUSTER), "stop", f"--dir={self.dir}"], capture_output=True, timeout=60)
+        for pid in self.pids.values():  # every process it started is gone
+            assert not alive(pid), f"process {pid} outlived flink_cluster.sh stop"
+
+    def logs(self, lines: int = 20) -> str:
+        out = []
+        for path in sorted((self.dir / "log").glob("*")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def rest(self, path: str):
+        with urllib.request.urlopen(f"http://{self.master}{path}", timeout=5) as response:
+            return json.load(response)
+
+    def jobs(self) -> list[dict]:
+        return self.rest("/jobs/overview")["jobs"]
+
+    def taskmanager_pid(self, resource_id: str) -> int:
+        return self.pids[resource_id]  # flink_cluster.sh names TaskManager N 'taskmanager-N'
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def run_flink(*args: str, timeout: int = 400) -> subprocess.Popen:
+    """./run_flink.sh ARGS in its own process group (so the test can end all it started)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen(
+        [str(ROOT / "run_flink.sh"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: int = 400) -> tuple[int, str]:
+    """Waits for a run_flink.sh process; returns (status, stderr). Whatever is left of its
+    process group (the job server, workers) is asserted gone, then killed anyway."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        leftover = group_members(proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not leftover, f"run_flink.sh left processes running: {leftover}"
+    return proc.returncode, err
+
+
+def group_members(pgid: int) -> list[str]:
+    """Live processes in the process group, as 'pid command'."""
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+            found.append(f"{stat.parent.name} {cmdline.decode(errors='replace')}")
+    return found
+
+
+SUMMARY = re.compile(
+    r"^labelled (\d+) of (\d+) images.*?, (\d+) failed(?: \((.*?)\))?"
+    r"(?:, (\d+) already in the output)? in ",
+    re.M,
+)
+
+
+def summary(stderr: str) -> dict:
+    """The run's summary line, parsed: labelled, read, failed, reasons, skipped."""
+    found = SUMMARY.search(stderr)
+    assert found, f"no summary line in:\n{stderr[-3000:]}"
+    labelled, read, failed, reasons, skipped = found.groups()
+    return {
+        "labelled": int(labelled),
+        "read": int(read),
+        "failed": int(failed),
+        "reasons": reasons or "",
+        "skipped": int(skipped or 0),
+    }
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """The processes and all their descendants that are alive now."""
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [p for p in roots if alive(p)]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """IPv4/IPv6 addresses that these processes' listening TCP sockets are bound to."""
+    inodes = set()
+    for pid in pids:
+        for fd in pathlib.Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addresses.add(_address(fields[1].split(":")[0]))
+    return addresses
+
+
+def _address(hex_address: str) -> str:
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in raw[::-1])
+    words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
+    raw = b"".join(words)
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped
+        return ".".join(str(b) for b in raw[12:])
+    return raw.hex()
