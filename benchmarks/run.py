@@ -1,8 +1,10 @@
 """One command, one machine: the bare model's limit, decode cost, a plain script's time, and
 the real pipeline (python -m pipeline.run on DirectRunner) end to end, with peak memory at N
-and 10 x N and its feeding rate with a near-zero-cost model.
+and 10 x N, and its feeding rate with a near-zero-cost model: from local disk, from gs:// (a
+loopback GCS emulator behind a proxy adding 50 ms to each request) and on large photos,
+beside the decode-only rate of the fastest label-keeping decoder on one core.
 
-    .venv/bin/python -m benchmarks.run [--n 300] [--batch_size 32] [--no_memory]
+    .venv/bin/python -m benchmarks.run [--n 300] [--n_large 60] [--batch_size 32] [--no_memory]
 
 Prints a table and the ratios pipeline/bare; writes them to benchmarks/results/latest.json.
 """
@@ -10,6 +12,7 @@ Prints a table and the ratios pipeline/bare; writes them to benchmarks/results/l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,18 +24,20 @@ import time
 import numpy as np
 import pyarrow.dataset as ds
 
+from benchmarks.decoders import LARGE
 from benchmarks.workload import build_b3, build_trivial, make_photos
 from transforms.preprocess import decode_and_resize
 
+ADOPTED = "simplejpeg >=2x + pillow resize (adopted)"  # the one transforms/preprocess.py runs
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def run_child(cmd: list[str]) -> tuple[float, int, str]:
+def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
     """Runs cmd; returns (wall seconds, peak RSS in MiB of that process, its stdout)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:  # a file, so chatty stderr never blocks the child
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.PIPE, stderr=err)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
@@ -50,7 +55,10 @@ def decode_rate(paths: list[str]) -> float:
     return len(data) / (time.perf_counter() - t0)
 
 
-def pipeline_run(photos: str, model: str, out: str, batch_size: int) -> dict:
+def pipeline_run(
+    photos: str, model: str, out: str, batch_size: int, env: dict | None = None
+) -> dict:
+    """The CLI on photos (a folder or gs:// prefix) into `out`: wall time, rates, peak RSS."""
     cmd = [
         sys.executable,
         "-m",
@@ -62,7 +70,7 @@ def pipeline_run(photos: str, model: str, out: str, batch_size: int) -> dict:
         "--runner=DirectRunner",
     ]
     started = time.time()
-    wall, peak_mib, _ = run_child(cmd)
+    wall, peak_mib, _ = run_child(cmd, env)
     table = ds.dataset(os.path.join(out, "predictions"), partitioning="hive").to_table()
     stamps = np.sort(table.column("processed_at").cast("int64").to_numpy()) / 1e6
     first_batch = min(batch_size, len(stamps)) - 1
@@ -77,9 +85,47 @@ def pipeline_run(photos: str, model: str, out: str, batch_size: int) -> dict:
     }
 
 
+def decoder_rates(work: str) -> dict:
+    """benchmarks.decoders pinned to one core: images/s per candidate, 500x375 and large."""
+    cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-m"]
+    _, _, out = run_child([*cmd, "benchmarks.decoders", f"--workdir={work}"])
+    return json.loads(out.strip().splitlines()[-1])["rates"]
+
+
+@contextlib.contextmanager
+def slow_bucket(photos: str, work: str, delay: float = 0.05):
+    """The photos in a bucket of a loopback GCS emulator, reached through a proxy adding
+    `delay` to each request. Yields (gs:// prefix, environment for the pipeline child)."""
+    from google.cloud import storage
+
+    from tests.gcs_servers import Emulator, LatencyProxy, MetadataServer, free_port, metadata_env
+
+    metadata = MetadataServer(free_port()).start()
+    emulator = Emulator(tempfile.mkdtemp(dir=work), threaded=True).start()
+    proxy = LatencyProxy(emulator.port, delay).start()
+    env = dict(ENV, **metadata_env(metadata.port), STORAGE_EMULATOR_HOST=proxy.endpoint)
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    try:
+        saved = dict(os.environ)
+        os.environ.update(metadata_env(metadata.port), STORAGE_EMULATOR_HOST=emulator.endpoint)
+        try:
+            bucket = storage.Client(project="bench").create_bucket("bench")
+            for name in sorted(os.listdir(photos)):
+                bucket.blob(f"photos/{name}").upload_from_filename(os.path.join(photos, name))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        yield "gs://bench/photos", env
+    finally:
+        proxy.stop()
+        emulator.stop()
+        metadata.stop()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="photos in the main run")
+    parser.add_argument("--n_large", type=int, default=60, help="3000x2250 photos (feeding)")
     parser.add_argument("--batch_size", type=int, default=32, help="inference batch size")
     parser.add_argument(
         "--no_memory", action="store_true", help="skip the 10 x N run (peak memory)"
@@ -96,6 +142,9 @@ def main(argv=None) -> None:
         folders[size] = os.path.join(work, f"photos_{size}")
         if len(os.listdir(folders[size]) if os.path.isdir(folders[size]) else []) != size:
             make_photos(size, folders[size])
+    folders["large"] = os.path.join(work, f"photos_large_{args.n_large}")
+    if not os.path.isdir(folders["large"]) or len(os.listdir(folders["large"])) != args.n_large:
+        make_photos(args.n_large, folders["large"], size=LARGE, seed=5)
     stamp = int(time.time())
 
     _, _, bare_out = run_child(
@@ -121,10 +170,20 @@ def main(argv=None) -> None:
         for size in sizes
     }
     feeding = pipeline_run(folders[n], trivial, os.path.join(work, f"trivial_{n}_{stamp}"), batch)
+    with slow_bucket(folders[n], work) as (prefix, env):
+        feeding_gcs = pipeline_run(
+            prefix, trivial, os.path.join(work, f"trivial_gcs_{n}_{stamp}"), batch, env
+        )
+    feeding_large = pipeline_run(
+        folders["large"], trivial, os.path.join(work, f"trivial_large_{stamp}"), batch
+    )
+    decoders = decoder_rates(work)
+    fastest = {size: max(rates.values()) for size, rates in decoders.items()}
+    kept = {size: rates[ADOPTED] for size, rates in decoders.items()}
 
     main_run = runs[n]
     limit_wall = n / bare["rate"]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     report = {
         "machine": f"{platform.node()} {cores} cores {platform.processor()}".strip(),
         "n": n,
@@ -137,6 +196,13 @@ def main(argv=None) -> None:
         "pipeline": {str(size): r for size, r in runs.items()},
         "feeding_rate": feeding["steady_rate"],
         "feeding_rate_per_core": feeding["steady_rate"] / cores,
+        "feeding_rate_gcs_50ms": feeding_gcs["steady_rate"],
+        "feeding_rate_large_per_core": feeding_large["steady_rate"] / cores,
+        "decoders_one_core": decoders,
+        "decode_rate_adopted_per_core": kept,
+        "ratio_gcs_vs_local_feeding": feeding_gcs["steady_rate"] / feeding["steady_rate"],
+        "ratio_feeding_vs_decode_500x375": feeding["steady_rate"] / cores / kept["500x375"],
+        "ratio_feeding_vs_decode_large": feeding_large["steady_rate"] / cores / kept["3000x2250"],
         "ratio_steady": main_run["steady_rate"] / bare["rate"],
         "ratio_end_to_end": limit_wall / main_run["wall_s"],
         "ratio_vs_simple_script": simple_wall / main_run["wall_s"],
@@ -167,6 +233,15 @@ def main(argv=None) -> None:
     rows += [
         ("feeding: pipeline with a near-zero model, steady (images/s)", feeding["steady_rate"]),
         ("feeding per core (images/s)", report["feeding_rate_per_core"]),
+        ("feeding from gs://, 50 ms per request, steady (images/s)", feeding_gcs["steady_rate"]),
+        ("feeding 3000x2250 photos per core (images/s)", report["feeding_rate_large_per_core"]),
+        ("decode+resize 500x375, adopted decoder, one core", kept["500x375"]),
+        ("decode+resize 3000x2250, adopted decoder, one core", kept["3000x2250"]),
+        ("decode+resize 500x375, fastest candidate, one core", fastest["500x375"]),
+        ("decode+resize 3000x2250, fastest candidate, one core", fastest["3000x2250"]),
+        ("ratio feeding gs:// 50 ms / local", report["ratio_gcs_vs_local_feeding"]),
+        ("ratio feeding per core / decode, 500x375", report["ratio_feeding_vs_decode_500x375"]),
+        ("ratio feeding per core / decode, 3000x2250", report["ratio_feeding_vs_decode_large"]),
         ("ratio steady state pipeline/bare", report["ratio_steady"]),
         ("ratio end to end (N/bare rate)/whole process", report["ratio_end_to_end"]),
         ("ratio simple script/pipeline whole process", report["ratio_vs_simple_script"]),

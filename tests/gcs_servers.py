@@ -6,7 +6,8 @@ python -m tests.gcs_servers PORT DATA_DIR LOG runs the emulator until stdin clos
 each request to LOG. With faults on, the server itself behaves more like GCS: every download
 takes at least 30 ms (so a run's reads spread over time, as against a real bucket), an object
 whose name contains "flaky" answers its first download with 503, one containing "forbidden"
-always answers 403.
+always answers 403. LatencyProxy adds a fixed delay to every request (benchmarks: a real
+bucket's time to first byte).
 """
 
 from __future__ import annotations
@@ -101,10 +102,13 @@ def metadata_env(port: int) -> dict[str, str]:
 class Emulator:
     """gcp-storage-emulator on a fixed loopback port, data on disk so it survives a restart."""
 
-    def __init__(self, data_dir: str, port: int | None = None, faults: bool = False):
+    def __init__(
+        self, data_dir: str, port: int | None = None, faults: bool = False, threaded: bool = False
+    ):
         self.data_dir = data_dir
         self.log = data_dir.rstrip("/") + "-requests.log"
         self.faults = faults
+        self.threaded = threaded  # one thread per connection (the emulator serves one at a time)
         self.port = port or free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
         self._proc: subprocess.Popen | None = None
@@ -112,7 +116,8 @@ class Emulator:
     def start(self, timeout: float = 20) -> Emulator:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tests.gcs_servers", str(self.port), self.data_dir, self.log]
-            + (["--faults"] if self.faults else []),
+            + (["--faults"] if self.faults else [])
+            + (["--threaded"] if self.threaded else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -147,6 +152,72 @@ class Emulator:
             return f.read().splitlines()
 
 
+class _BusyServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, and room for many connections waiting to be accepted (the
+    default backlog of 5 drops the rest, and their clients retry only after a second)."""
+
+    request_queue_size = 256
+    daemon_threads = True
+
+
+class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
+    """Forwards each request to the upstream server after `delay` seconds: a bucket's time
+    to first byte, paid per request as on a real bucket."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive from the client, as to a real endpoint
+    upstream: tuple[str, int] = (HOST, 0)
+    delay = 0.05
+
+    def _forward(self):
+        import http.client
+
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(self.delay)
+        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            reply = conn.getresponse()
+            data = reply.read()
+        finally:
+            conn.close()
+        self.send_response_only(reply.status, reply.reason)
+        for key, value in reply.getheaders():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+class LatencyProxy:
+    """127.0.0.1:port -> upstream, each request `delay` seconds late; served from daemon
+    threads, so it stops with the process that started it."""
+
+    def __init__(self, upstream_port: int, delay: float = 0.05, port: int | None = None):
+        handler = type(
+            "Handler", (_DelayingProxyHandler,), {"upstream": (HOST, upstream_port), "delay": delay}
+        )
+        self.port = port or free_port()
+        self.endpoint = f"http://{HOST}:{self.port}"
+        self._httpd = _BusyServer((HOST, self.port), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def start(self) -> LatencyProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
 def _inject_faults(handler_cls) -> None:
     import urllib.parse
 
@@ -169,7 +240,7 @@ def _inject_faults(handler_cls) -> None:
     handler_cls.do_GET = do_get
 
 
-def _serve(port: int, data_dir: str, log: str, faults: bool) -> None:
+def _serve(port: int, data_dir: str, log: str, faults: bool, threaded: bool = False) -> None:
     """The child: serve until the parent closes our stdin (or dies)."""
     import logging
 
@@ -181,6 +252,8 @@ def _serve(port: int, data_dir: str, log: str, faults: bool) -> None:
     logging.getLogger("gcp_storage_emulator").setLevel(logging.INFO)
     if faults:
         _inject_faults(emulator.RequestHandler)
+    if threaded:
+        emulator.server.HTTPServer = _BusyServer
     server = emulator.create_server(HOST, port, in_memory=False, data_dir=data_dir)
     server.start()
     sys.stdin.read()
@@ -188,4 +261,10 @@ def _serve(port: int, data_dir: str, log: str, faults: bool) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], "--faults" in sys.argv[4:])
+    _serve(
+        int(sys.argv[1]),
+        sys.argv[2],
+        sys.argv[3],
+        "--faults" in sys.argv[4:],
+        "--threaded" in sys.argv[4:],
+    )

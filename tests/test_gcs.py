@@ -114,6 +114,8 @@ def test_object_deleted_and_storage_outage_mid_run_lose_nothing(
             "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
             "--image_size=64",
             "--batch_size=4",
+            # One request at a time, so an image the log does not show yet is not in flight.
+            "--read_concurrency=1",
         )
     finally:
         watcher.join()

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tests.images import BAD_KINDS, BAD_REASONS, bad_files, encode, jpeg_with_orientation, quadrants
 from transforms.preprocess import DecodeError, decode_and_resize
@@ -130,3 +130,27 @@ def test_pixel_limit_is_configurable():
     data = encode(Image.new("RGB", (100, 100)), "PNG")
     with pytest.raises(DecodeError, match="decompression bomb: 100x100"):
         decode_and_resize(data, 8, max_pixels=9_999)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_large_rotated_jpeg_matches_pillow_upright_then_resized(orientation):
+    """The JPEG path turns the small square upright after a DCT-scaled decode; Pillow's
+    order (whole image upright, then resize) gives the same pixels."""
+    rng = np.random.default_rng(orientation)
+    base = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    stored = np.asarray(Image.fromarray(base).resize((1600, 1200), Image.Resampling.BICUBIC))
+    data = jpeg_with_orientation(stored, orientation)
+    reference = Image.open(io.BytesIO(data))
+    reference.draft("RGB", (600, 600))
+    upright = np.asarray(
+        ImageOps.exif_transpose(reference).convert("RGB").resize((300, 300), Image.BILINEAR),
+        dtype=float,
+    )
+    assert np.abs(decode_and_resize(data, 300).astype(float) - upright).mean() < 1.5
+
+
+def test_grayscale_jpeg_becomes_equal_channels():
+    gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    out = decode_and_resize(encode(Image.fromarray(gray, "L"), "JPEG", quality=95), 64)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert np.abs(out[..., 0].astype(int) - gray).max() <= 4

@@ -72,7 +72,9 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
     )
     options = job["environment"]["sdkPipelineOptions"]["options"]
     assert job["labels"] == {"team": "vision"}
-    assert "labels_file" not in options  # the class names stayed the bundled default
+    assert options["labels_file"].endswith(
+        "transforms/data/imagenet_labels.txt"
+    )  # class names: default
     (pool,) = job["environment"]["workerPools"]
     experiments = job["environment"]["experiments"]
     assert options["sdk_container_image"] == IMAGE
@@ -81,7 +83,9 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
     assert options["output"] == f"gs://{bucket}/out" and options["date"] == "2025-06-01"
     assert options["model"] == model
     if mode == "gpu":
-        assert pool["machineType"] == "g2-standard-4"
+        assert pool["machineType"] == "g2-standard-16"
+        assert options["read_concurrency"] == 128
+        assert options["number_of_worker_harness_threads"] == 4
         assert options["dataflow_service_options"] == [
             "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
         ]

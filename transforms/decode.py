@@ -1,79 +1,215 @@
-"""Stage 2 in Beam: URI -> (uri, uint8 image), or a tagged error row (stage read or decode)."""
+"""Stage 2 in Beam: URI -> (uri, uint8 image), or a tagged error row (stage read or decode).
+
+Reads (transforms/reader.py) run many at a time on their own threads, decoding on about one
+thread per core; both pools and the bytes-in-flight budget are shared by the process.
+"""
 
 from __future__ import annotations
 
-import collections
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import metrics
+from transforms import metrics, reader
 from transforms import vocabulary as v
 from transforms.preprocess import DEFAULT_MAX_PIXELS, decode_and_resize
 from transforms.rows import failure_row
 
+MB = 1 << 20
+DEFAULT_READ_CONCURRENCY = 32
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * MB
+DEFAULT_MAX_OBJECT_BYTES = 100 * MB
 
-def read_bytes(uri: str) -> bytes:
-    """Whole object through Beam's filesystems (local, gs://, ...), never decompressed."""
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+Output = Any  # (uri, image) or TaggedOutput(ERRORS, error row)
 
 
-def read_and_decode(uri: str, image_size: int, max_pixels: int):
-    """(uri, image), or a TaggedOutput error row naming the stage that failed; never raises."""
-    stage = v.READ
+def error_output(uri: str, stage: str, exc: BaseException) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(v.ERRORS, failure_row(uri, stage, exc))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset and cgroup cpusets included)."""
     try:
-        data = read_bytes(uri)
-        stage = v.DECODE
-        return uri, decode_and_resize(data, image_size, max_pixels)
-    except Exception as e:  # noqa: BLE001 - every failure becomes an error row
-        return beam.pvalue.TaggedOutput(v.ERRORS, failure_row(uri, stage, e))
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def gcs_client(read_concurrency: int) -> tuple[Any, Any]:
+    """(client, retry) for gs:// reads: Beam's own client and retry policy (its credentials,
+    anonymous where there are none), with a connection pool as large as the reads in flight
+    (requests keeps 10 by default and opens a new connection for each read past that)."""
+    import requests
+    from apache_beam.io.gcp.gcsio import create_storage_client
+    from apache_beam.io.gcp.gcsio_retry import DEFAULT_RETRY_WITH_THROTTLING_COUNTER
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    client = create_storage_client(PipelineOptions())
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=read_concurrency + 4)
+    for prefix in ("https://", "http://"):
+        client._http.mount(prefix, adapter)  # the workaround google-cloud-storage documents
+    return client, DEFAULT_RETRY_WITH_THROTTLING_COUNTER
+
+
+class Feeder:
+    """Reads and decodes URIs for every ReadAndDecode of one process.
+
+    `read_concurrency` read threads, fed in submission order; each read holds its bytes in
+    a ByteBudget of `max_inflight_bytes` until a decode thread has decoded them. Results go to
+    the queue given with the URI, in completion order, exactly one per URI.
+    """
+
+    def __init__(self, read_concurrency: int, max_inflight_bytes: int, max_object_bytes: int):
+        self.read_concurrency = read_concurrency
+        self.max_object_bytes = max_object_bytes
+        self.budget = reader.ByteBudget(max_inflight_bytes)
+        # A gs:// read asks for this much in its one request before it needs the size.
+        self.first_bytes = max(MB, max_inflight_bytes // read_concurrency)
+        self.decode_threads = usable_cores()
+        self._reads = ThreadPoolExecutor(read_concurrency, thread_name_prefix="read")
+        self._decodes = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        self._gcs: tuple[Any, Any] | None = None
+        self._gcs_lock = threading.Lock()
+
+    def submit(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue) -> None:
+        self._reads.submit(self._read, uri, image_size, max_pixels, done)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The object's bytes, held in the budget (the caller releases len(result))."""
+        path = reader.local_path(uri)
+        if path is not None:
+            return reader.read_local(path, self.max_object_bytes, self.budget)
+        if uri.startswith("gs://"):
+            client, retry = self._gcs_client()
+            return reader.read_gcs(
+                client, uri, self.max_object_bytes, self.first_bytes, self.budget, retry
+            )
+        return reader.read_beam(uri, self.max_object_bytes, self.budget)
+
+    def _gcs_client(self) -> tuple[Any, Any]:
+        with self._gcs_lock:
+            if self._gcs is None:
+                self._gcs = gcs_client(self.read_concurrency)
+            return self._gcs
+
+    def _read(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue):
+        try:
+            data = self.read_bytes(uri)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes an error row
+            done.put(error_output(uri, v.READ, e))
+            return
+        try:
+            self._decodes.submit(self._decode, uri, data, image_size, max_pixels, done)
+        except BaseException as e:  # noqa: BLE001 - a pool shut down under us
+            self.budget.release(len(data))
+            done.put(error_output(uri, v.DECODE, e))
+
+    def _decode(self, uri: str, data: bytes, image_size: int, max_pixels: int, done):
+        try:
+            out = uri, decode_and_resize(data, image_size, max_pixels)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes an error row
+            out = error_output(uri, v.DECODE, e)
+        finally:
+            self.budget.release(len(data))
+            del data
+        done.put(out)
+
+    def shutdown(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        self._decodes.shutdown(wait=False, cancel_futures=True)
+
+
+_FEEDERS: dict[tuple, list] = {}  # settings -> [Feeder, users]
+_FEEDERS_LOCK = threading.Lock()
+
+
+def acquire_feeder(*settings: int) -> Feeder:
+    """The process's Feeder for these settings, made on first use."""
+    with _FEEDERS_LOCK:
+        entry = _FEEDERS.setdefault(settings, [None, 0])
+        if entry[0] is None:
+            entry[0] = Feeder(*settings)
+        entry[1] += 1
+        return entry[0]
+
+
+def release_feeder(*settings: int) -> None:
+    """One user fewer; the last one shuts the Feeder down."""
+    with _FEEDERS_LOCK:
+        entry = _FEEDERS.get(settings)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].shutdown()
+            del _FEEDERS[settings]
 
 
 class ReadAndDecode(beam.DoFn):
-    """Reads and preprocesses images a few elements ahead, on background threads.
+    """Reads and preprocesses images ahead of the model, on the process's shared threads.
 
-    PIL and storage reads release the GIL, so the next images are fetched and decoded while
-    the model (downstream, in the same fused stage) runs on the current batch. Outputs keep
-    input order; at most `prefetch` images are in flight.
+    Storage reads and PIL release the GIL, so the next images are fetched and decoded while
+    the model (downstream, in the same fused stage) runs on the current batch. Outputs come in
+    completion order; at most read_concurrency + 2 per decode thread images of one bundle are
+    in flight, and their undecoded bytes stay under max_inflight_bytes.
     """
 
-    def __init__(self, image_size: int, prefetch: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        image_size: int,
+        read_concurrency: int = DEFAULT_READ_CONCURRENCY,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
         self._image_size = image_size
-        self._prefetch = prefetch
+        self._settings = (read_concurrency, max_inflight_bytes, max_object_bytes)
         self._max_pixels = max_pixels
 
     def setup(self):
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self._feeder = acquire_feeder(*self._settings)
+        self._ahead = self._feeder.read_concurrency + 2 * self._feeder.decode_threads
 
     def start_bundle(self):
-        self._pending: collections.deque[Future] = collections.deque()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
 
     def process(self, uri: str):
         metrics.images_read.inc()
-        self._pending.append(
-            self._pool.submit(read_and_decode, uri, self._image_size, self._max_pixels)
-        )
-        while len(self._pending) > self._prefetch:
-            yield self._next()
+        self._feeder.submit(uri, self._image_size, self._max_pixels, self._done)
+        self._pending += 1
+        yield from self._take(block=self._pending > self._ahead)
 
-    def _next(self):
-        # Counted here, on the bundle's thread: Beam metrics do not see the pool's threads.
-        out = self._pending.popleft().result()
-        if isinstance(out, beam.pvalue.TaggedOutput):
-            metrics.count_failure(out.value)
-        return out
+    def _take(self, block: bool, wrap: Callable = lambda out: out):
+        """Whatever has finished; with block, at least one result (if any is pending)."""
+        while self._pending:
+            try:
+                out = self._done.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            self._pending -= 1
+            # Counted here, on the bundle's thread: Beam metrics do not see the pool's threads.
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                metrics.count_failure(out.value)
+            yield wrap(out)
 
     def finish_bundle(self):
         while self._pending:
-            out = self._next()
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
-            else:
-                yield GlobalWindows.windowed_value(out)
+            yield from self._take(block=True, wrap=windowed)
 
     def teardown(self):
-        self._pool.shutdown(wait=False)
+        release_feeder(*self._settings)
+
+
+def windowed(out: Output):
+    """finish_bundle's outputs carry their window (the global one: a batch job)."""
+    if isinstance(out, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+    return GlobalWindows.windowed_value(out)

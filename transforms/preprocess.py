@@ -10,6 +10,7 @@ import io
 import warnings
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps
 
 from transforms import vocabulary as v
@@ -21,6 +22,12 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # The largest model input side accepted (EfficientNet-B7 takes 600): a batch of 64 such
 # images is 768 MiB as float32, so memory stays bounded whatever --image_size says.
 MAX_IMAGE_SIZE = 1024
+
+# JPEGs are decoded at a reduced DCT scale (1/2, 1/4, 1/8) as long as both sides stay at least
+# this many times the model's input side; the bilinear resize does the rest.
+DCT_FLOOR = 2
+
+ORIENTATION_TAG = 0x0112  # EXIF
 
 # Transparent pixels are composited onto this background (what a viewer shows).
 BACKGROUND = (255, 255, 255)
@@ -89,9 +96,10 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXE
     mean/std normalisation). Raises DecodeError with a readable reason on bad input.
     """
     img = open_image(data, max_pixels)
+    if img.format == "JPEG" and img.mode in ("RGB", "L"):
+        return jpeg_to_square(data, img, size)
     try:
-        if img.format == "JPEG" and min(img.size) >= 2 * size:
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below 2x the target.
+        if img.format == "JPEG" and min(img.size) >= 2 * size:  # CMYK JPEGs
             img.draft("RGB", (2 * size, 2 * size))
         img.seek(0)
         img.load()
@@ -101,6 +109,51 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXE
         raise DecodeError(v.CORRUPT, f"corrupt or truncated image data ({img.format}): {e}") from e
     except (ValueError, SyntaxError, EOFError) as e:
         raise DecodeError(v.CORRUPT, f"undecodable {img.format} image: {e}") from e
+    return resize_square(rgb, size)
+
+
+def resize_square(rgb: Image.Image, size: int) -> np.ndarray:
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def dct_scale(width: int, height: int, size: int) -> int:
+    """The largest JPEG DCT reduction (1, 2, 4 or 8, libjpeg's exact ones) that keeps both
+    sides at least DCT_FLOOR x the target side."""
+    scale = 8
+    while scale > 1 and min(width, height) < DCT_FLOOR * size * scale:
+        scale //= 2
+    return scale
+
+
+# Orientation tag -> what a viewer does to the stored pixels, on a (rows, cols, 3) array.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def jpeg_to_square(data: bytes, img: Image.Image, size: int) -> np.ndarray:
+    """A YCbCr or grayscale JPEG decoded by libjpeg-turbo (simplejpeg) at a reduced DCT scale,
+    resized, then turned upright: the orientation is applied to the small square (a square
+    resize commutes with flips and quarter turns), not to the full image."""
+    width, height = img.size
+    scale = dct_scale(width, height, size)
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_width=-(-width // scale),
+            min_height=-(-height // scale),
+        )
+    except ValueError as e:  # libjpeg's errors and warnings (strict): truncated, corrupt
+        raise DecodeError(v.CORRUPT, f"corrupt or truncated image data (JPEG): {e}") from e
+    out = resize_square(Image.fromarray(pixels), size)
+    orient = _ORIENT.get(img.getexif().get(ORIENTATION_TAG))
+    return np.ascontiguousarray(orient(out)) if orient else out
