@@ -83,6 +83,9 @@ args=(
   --sdk_container_image="$image" --sdk_location=container --experiments=use_runner_v2
   --setup_file=./setup.py --disk_size_gb="$disk_size_gb"
   --input="$input" --output="$output"
+  # Production labels with B3, never the laptop fallback: a --model given later wins
+  # (best a gs:// copy of the module, README "Run on Dataflow").
+  --model=https://tfhub.dev/tensorflow/efficientnet/b3/classification/1
 )
 if $cpu; then
   args+=(--machine_type="${machine_type:-n1-standard-4}")

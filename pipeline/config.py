@@ -77,7 +77,7 @@ def check_model(handle: str, num_labels: int) -> None:
             raise ConfigError(
                 f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
                 "the SavedModel where the internet is reachable, copy it here or to gs://, "
-                "and pass --model /path/to/saved_model_dir (README: 'Running offline')"
+                "and pass --model /path/to/saved_model_dir (README 'Models')"
             ) from e
     elif not is_remote_file_uri(handle) and not os.path.isdir(handle):
         raise ConfigError(f"--model {handle} does not exist; pass a SavedModel directory")

@@ -16,7 +16,7 @@ from google.cloud import storage
 from pipeline.options import LabelerOptions
 from tests.gcs_servers import free_port
 from tests.portable_services import PortableServices
-from tests.runs import ROOT, read_rows
+from tests.runs import ROOT, cli_env, read_rows
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
 
@@ -29,6 +29,7 @@ def script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=cli_env(),
     )
 
 
@@ -203,3 +204,24 @@ def test_python_requires_is_the_one_python_the_suite_runs_on():
     ]
     assert requires == f">={version}"
     assert f"{sys.version_info.major}.{sys.version_info.minor}" == version
+
+
+def test_dataflow_labels_with_b3_and_never_falls_back(gcs, bucket, sample_jpeg):
+    """run_dataflow.sh pins EfficientNet-B3: with TF Hub out of reach (as here) and no
+    --model, it stops at start-up instead of labelling production data with Lite0."""
+    storage.Client().bucket(bucket).blob("images/cat.jpg").upload_from_string(sample_jpeg)
+    proc = script(
+        "run_dataflow.sh",
+        "--project=test-project",
+        f"--bucket={bucket}",
+        f"--image={IMAGE}",
+        f"--input=gs://{bucket}/images/*.jpg",
+        f"--output=gs://{bucket}/out",
+        f"--template_location=gs://{bucket}/templates/labeler.json",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(
+        "python -m pipeline.run: error: cannot download the model "
+        "https://tfhub.dev/tensorflow/efficientnet/b3/classification/1"
+    )
