@@ -33,6 +33,20 @@ def script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
     )
 
 
+def stage_dataflow(bucket: str, *extra: str) -> subprocess.CompletedProcess:
+    """run_dataflow.sh staging a template of a job over gs://BUCKET/images/ to the emulator."""
+    return script(
+        "run_dataflow.sh",
+        "--project=test-project",
+        f"--bucket={bucket}",
+        f"--image={IMAGE}",
+        f"--input=gs://{bucket}/images/*.jpg",
+        f"--output=gs://{bucket}/out",
+        f"--template_location=gs://{bucket}/templates/labeler.json",
+        *extra,
+    )
+
+
 def upload_dir(local: str, bucket: str, prefix: str) -> str:
     target = storage.Client().bucket(bucket)
     for path in pathlib.Path(local).rglob("*"):
@@ -52,16 +66,10 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
     storage.Client().bucket(bucket).blob("images/cat.jpg").upload_from_string(sample_jpeg)
     model = upload_dir(probe_model, bucket, "models/probe")
     template = f"gs://{bucket}/templates/labeler.json"
-    proc = script(
-        "run_dataflow.sh",
-        "--project=test-project",
-        f"--bucket={bucket}",
-        f"--image={IMAGE}",
-        f"--input=gs://{bucket}/images/*.jpg",
-        f"--output=gs://{bucket}/out",
+    proc = stage_dataflow(
+        bucket,
         f"--model={model}",
         "--date=2025-06-01",
-        f"--template_location={template}",
         "--labels=team=vision",  # Beam's Dataflow job labels, not the class names
         *(["--cpu"] if mode == "cpu" else []),
     )
@@ -210,15 +218,7 @@ def test_dataflow_labels_with_b3_and_never_falls_back(gcs, bucket, sample_jpeg):
     """run_dataflow.sh pins EfficientNet-B3: with TF Hub out of reach (as here) and no
     --model, it stops at start-up instead of labelling production data with Lite0."""
     storage.Client().bucket(bucket).blob("images/cat.jpg").upload_from_string(sample_jpeg)
-    proc = script(
-        "run_dataflow.sh",
-        "--project=test-project",
-        f"--bucket={bucket}",
-        f"--image={IMAGE}",
-        f"--input=gs://{bucket}/images/*.jpg",
-        f"--output=gs://{bucket}/out",
-        f"--template_location=gs://{bucket}/templates/labeler.json",
-    )
+    proc = stage_dataflow(bucket)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.splitlines()
     assert line.startswith(
