@@ -37,7 +37,7 @@ def free_port() -> int:
 class _MetadataHandler(http.server.BaseHTTPRequestHandler):
     """Answers the few metadata paths google-auth reads, like a VM with a service account."""
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         path = self.path.split("?")[0]
         if path.endswith("/token"):
             body = json.dumps(
@@ -64,7 +64,7 @@ class _MetadataHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_POST(self):  # noqa: N802 - an OAuth token endpoint that refuses every grant
+    def do_POST(self):  # an OAuth token endpoint that refuses every grant
         data = json.dumps({"error": "invalid_grant", "error_description": "Token expired"})
         self.send_response(400)
         self.send_header("Content-Type", "application/json")
@@ -190,7 +190,7 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward  # noqa: N815
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
     def log_message(self, *args):
         pass
