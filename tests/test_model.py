@@ -52,3 +52,17 @@ def test_require_gpu_stops_at_load_without_a_gpu(probe_model):
     handler = ImageClassifierHandler(probe_model, image_size=32, batch_size=4, require_gpu=True)
     with pytest.raises(RuntimeError, match="--require_gpu is set but TensorFlow sees no GPU"):
         handler.load_model()
+
+
+def test_tf_hub_downloads_go_to_a_lasting_user_cache(monkeypatch, tmp_path):
+    from tensorflow_hub import resolver
+
+    from transforms.model import use_lasting_hub_cache
+
+    monkeypatch.delenv("TFHUB_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    use_lasting_hub_cache()
+    assert resolver.tfhub_cache_dir() == str(tmp_path / "beam-image-labeler" / "tfhub")
+    monkeypatch.setenv("TFHUB_CACHE_DIR", "/somewhere/else")  # the user's choice wins
+    use_lasting_hub_cache()
+    assert resolver.tfhub_cache_dir() == "/somewhere/else"
