@@ -125,6 +125,35 @@ def test_cli_labels_the_samples_like_the_reference(cache_home, reference, tmp_pa
     assert mismatches(top1, reference) == []
 
 
+@pytest.mark.slow
+def test_without_model_and_tf_hub_the_run_falls_back_to_lite0_at_224(
+    cache_home, reference, tmp_path
+):
+    """No --model, TF Hub out of reach (a proxy nobody listens on, so also on machines with
+    the internet): one line says so, Lite0 labels at its own 224 px, the rows name it."""
+    dead = "http://127.0.0.1:9"
+    out = tmp_path / "out"
+    proc = cli(
+        f"--input={SAMPLES_DIR}/*.jpg",
+        f"--output={out}",
+        "--quiet",
+        env={
+            "XDG_CACHE_HOME": cache_home,
+            "TFHUB_CACHE_DIR": str(tmp_path / "tfhub"),
+            "https_proxy": dead,
+            "HTTPS_PROXY": dead,
+        },
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notice, summary = proc.stderr.splitlines()
+    assert notice.startswith(f"TF Hub cannot be reached: labelling with the built-in {NAME}")
+    assert summary.startswith(f"labelled {len(reference)} of {len(reference)} images")
+    rows = read_rows(str(out), "predictions")
+    assert {row["model"] for row in rows} == {NAME}
+    top1 = {pathlib.Path(row["uri"]).name: (row["labels"][0], row["scores"][0]) for row in rows}
+    assert mismatches(top1, reference) == []  # the reference is computed at 224
+
+
 def test_builtin_name_resolves_to_the_cached_model(in_cache_home, model_dir):
     assert is_builtin_model(NAME) and not is_builtin_model("/models/" + NAME)
     assert lite0.default_cache_root() == os.path.join(in_cache_home, "beam-image-labeler", "models")
