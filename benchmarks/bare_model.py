@@ -1,5 +1,7 @@
 """The limit: the bare SavedModel on pre-decoded float batches, no pipeline around it.
 
+    python -m benchmarks.bare_model MODEL_DIR BATCH_SIZE BATCHES [IMAGE_SIZE]
+
 Prints one JSON line: load seconds, first-batch seconds, steady images/s at the batch size.
 """
 
@@ -10,13 +12,13 @@ import time
 import numpy as np
 
 
-def main(model: str, batch_size: int, batches: int) -> None:
+def main(model: str, batch_size: int, batches: int, size: int = 300) -> None:
     started = time.perf_counter()
     import tensorflow as tf
 
     module = tf.saved_model.load(model)
     loaded = time.perf_counter()
-    images = np.random.default_rng(0).random((batch_size, 300, 300, 3), dtype=np.float32)
+    images = np.random.default_rng(0).random((batch_size, size, size, 3), dtype=np.float32)
     module(images).numpy()
     first = time.perf_counter()
     module(images).numpy()  # second warm-up: one-off allocations settle
@@ -28,4 +30,4 @@ def main(model: str, batch_size: int, batches: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *map(int, sys.argv[4:5]))

@@ -4,7 +4,11 @@ and 10 x N, and its feeding rate with a near-zero-cost model: from local disk, f
 loopback GCS emulator behind a proxy adding 50 ms to each request) and on large photos,
 beside the decode-only rate of the fastest label-keeping decoder on one core.
 
+With --models b3,lite0 (the default) the same N photos are also labelled by the built-in
+EfficientNet-Lite0 (real ImageNet weights, 224x224), bare and in the pipeline, in the same run.
+
     .venv/bin/python -m benchmarks.run [--n 300] [--n_large 60] [--batch_size 32] [--no_memory]
+        [--models b3,lite0]
 
 Prints a table and the ratios pipeline/bare; writes them to benchmarks/results/latest.json.
 """
@@ -28,18 +32,52 @@ from benchmarks.decoders import LARGE
 from benchmarks.workload import build_b3, build_trivial, make_photos
 from transforms.preprocess import decode_and_resize
 
+LITE0 = "efficientnet-lite0"  # the built-in real model, --model efficientnet-lite0
 ADOPTED = "simplejpeg >=2x + pillow resize (adopted)"  # the one transforms/preprocess.py runs
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    """Runs cmd; returns (wall seconds, peak RSS in MiB of that process, its stdout)."""
+CpuSamples = list[tuple[float, float]]  # (time.time(), CPU seconds the child has used)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process and all its threads (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_between(samples: CpuSamples, start: float, end: float) -> float:
+    """CPU seconds used between two moments, from the samples nearest to them."""
+    first = min(samples, key=lambda s: abs(s[0] - start))
+    last = min(samples, key=lambda s: abs(s[0] - end))
+    return last[1] - first[1]
+
+
+def run_child(
+    cmd: list[str], env: dict | None = None, cpu: CpuSamples | None = None
+) -> tuple[float, int, str]:
+    """Runs cmd; returns (wall seconds, peak RSS in MiB of that process, its stdout). With
+    `cpu`, appends to it the child's CPU seconds every 50 ms while it runs."""
     started = time.perf_counter()
-    with tempfile.TemporaryFile() as err:  # a file, so chatty stderr never blocks the child
-        proc = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.PIPE, stderr=err)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out_file:
+        # Files, so a chatty child never blocks on a full pipe while it is sampled.
+        proc = subprocess.Popen(cmd, env=env or ENV, stdout=out_file, stderr=err)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, 0 if cpu is None else os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here
+                break
+            used = cpu_seconds(proc.pid)
+            if used is not None:
+                cpu.append((time.time(), used))
+            time.sleep(0.05)
+        out_file.seek(0)
+        out = out_file.read()
         wall = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status):
             err.seek(0)
@@ -47,18 +85,32 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]
     return wall, usage.ru_maxrss // 1024, out.decode()
 
 
-def decode_rate(paths: list[str]) -> float:
+def decode_rate(paths: list[str], size: int = 300) -> float:
     data = [open(p, "rb").read() for p in paths]
     t0 = time.perf_counter()
     for d in data:
-        decode_and_resize(d, 300)
+        decode_and_resize(d, size)
     return len(data) / (time.perf_counter() - t0)
+
+
+def decode_cpu_per_image(paths: list[str], size: int = 300, rounds: int = 3) -> float:
+    """CPU seconds per decode+resize on this thread (best of rounds): the codec's cost,
+    whatever else the machine runs."""
+    data = [open(p, "rb").read() for p in paths]
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        for d in data:
+            decode_and_resize(d, size)
+        best = min(best, (time.thread_time() - t0) / len(data))
+    return best
 
 
 def pipeline_run(
     photos: str, model: str, out: str, batch_size: int, env: dict | None = None
 ) -> dict:
-    """The CLI on photos (a folder or gs:// prefix) into `out`: wall time, rates, peak RSS."""
+    """The CLI on photos (a folder or gs:// prefix) into `out`: wall time, rates, peak RSS,
+    and the CPU seconds per image of the whole process in the steady state."""
     cmd = [
         sys.executable,
         "-m",
@@ -70,12 +122,16 @@ def pipeline_run(
         "--runner=DirectRunner",
     ]
     started = time.time()
-    wall, peak_mib, _ = run_child(cmd, env)
+    cpu: CpuSamples = []
+    wall, peak_mib, _ = run_child(cmd, env, cpu)
     table = ds.dataset(os.path.join(out, "predictions"), partitioning="hive").to_table()
     stamps = np.sort(table.column("processed_at").cast("int64").to_numpy()) / 1e6
     first_batch = min(batch_size, len(stamps)) - 1
     steady = (len(stamps) - 1 - first_batch) / (stamps[-1] - stamps[first_batch])
+    steady_cpu = cpu_between(cpu, stamps[first_batch], stamps[-1]) if cpu else float("nan")
     return {
+        "steady_cpu_per_image_ms": 1e3 * steady_cpu / (len(stamps) - 1 - first_batch),
+        "steady_cores_used": steady_cpu / (stamps[-1] - stamps[first_batch]),
         "images": len(stamps),
         "wall_s": wall,
         "end_to_end_rate": len(stamps) / wall,
@@ -122,6 +178,26 @@ def slow_bucket(photos: str, work: str, delay: float = 0.05):
         metadata.stop()
 
 
+def lite0_runs(photos: str, work: str, stamp: int, batch: int) -> dict:
+    """The built-in efficientnet-lite0 (real weights, 224x224): bare on pre-decoded batches
+    and the pipeline on the same photos, as for B3."""
+    from transforms.lite0 import lite0_saved_model
+    from transforms.model import BUILTIN_IMAGE_SIZES
+
+    size = BUILTIN_IMAGE_SIZES[LITE0]
+    bare_cmd = [sys.executable, "-m", "benchmarks.bare_model", lite0_saved_model()]
+    _, _, out = run_child([*bare_cmd, str(batch), "20", str(size)])
+    bare = json.loads(out.strip().splitlines()[0])
+    run = pipeline_run(photos, LITE0, os.path.join(work, f"out_lite0_{stamp}"), batch)
+    return {
+        "image_size": size,
+        "bare_rate": bare["rate"],
+        "bare_load_s": bare["load_s"],
+        "pipeline": run,
+        "ratio_steady": run["steady_rate"] / bare["rate"],
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="photos in the main run")
@@ -131,11 +207,20 @@ def main(argv=None) -> None:
         "--no_memory", action="store_true", help="skip the 10 x N run (peak memory)"
     )
     parser.add_argument("--workdir", default="/tmp/image-labeler-bench", help="scratch folder")
+    parser.add_argument(
+        "--models",
+        default="b3,lite0",
+        help="real models to measure, comma-separated: b3 (B3 architecture, random weights; "
+        "needed for the end-to-end and memory rows) and lite0 (built-in efficientnet-lite0)",
+    )
     args = parser.parse_args(argv)
+    models = set(args.models.split(","))
+    if not models <= {"b3", "lite0"} or "b3" not in models:
+        parser.error("--models takes b3 or b3,lite0")
 
     work, n, batch = args.workdir, args.n, args.batch_size
     model = build_b3(os.path.join(work, "b3-hub-layout"))
-    trivial = build_trivial(os.path.join(work, "trivial"))
+    trivial = build_trivial(os.path.join(work, "near_zero_1px"))
     sizes = [n] + ([] if args.no_memory else [10 * n])
     folders = {}
     for size in sizes:
@@ -153,6 +238,7 @@ def main(argv=None) -> None:
     bare = json.loads(bare_out.strip().splitlines()[0])
     photos = sorted(os.path.join(folders[n], f) for f in os.listdir(folders[n]))
     decode = decode_rate(photos[:200])
+    decode_cpu_ms = 1e3 * decode_cpu_per_image(photos[:200])
     simple_out = os.path.join(work, f"simple_{n}_{stamp}.parquet")
     simple_wall, _, _ = run_child(
         [
@@ -177,6 +263,7 @@ def main(argv=None) -> None:
     feeding_large = pipeline_run(
         folders["large"], trivial, os.path.join(work, f"trivial_large_{stamp}"), batch
     )
+    lite0 = lite0_runs(folders[n], work, stamp, batch) if "lite0" in models else None
     decoders = decoder_rates(work)
     fastest = {size: max(rates.values()) for size, rates in decoders.items()}
     kept = {size: rates[ADOPTED] for size, rates in decoders.items()}
@@ -198,6 +285,10 @@ def main(argv=None) -> None:
         "feeding_rate_per_core": feeding["steady_rate"] / cores,
         "feeding_rate_gcs_50ms": feeding_gcs["steady_rate"],
         "feeding_rate_large_per_core": feeding_large["steady_rate"] / cores,
+        "feeding_cpu_per_image_ms": feeding["steady_cpu_per_image_ms"],
+        "feeding_cores_used": feeding["steady_cores_used"],
+        "decode_cpu_per_image_ms": decode_cpu_ms,
+        "ratio_decode_cpu_vs_feeding_cpu": decode_cpu_ms / feeding["steady_cpu_per_image_ms"],
         "decoders_one_core": decoders,
         "decode_rate_adopted_per_core": kept,
         "ratio_gcs_vs_local_feeding": feeding_gcs["steady_rate"] / feeding["steady_rate"],
@@ -209,6 +300,8 @@ def main(argv=None) -> None:
     }
     if not args.no_memory:
         report["memory_ratio_10x"] = runs[10 * n]["peak_rss_mib"] / main_run["peak_rss_mib"]
+    if lite0 is not None:
+        report["lite0"] = lite0
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -241,6 +334,10 @@ def main(argv=None) -> None:
         ("decode+resize 3000x2250, fastest candidate, one core", fastest["3000x2250"]),
         ("ratio feeding gs:// 50 ms / local", report["ratio_gcs_vs_local_feeding"]),
         ("ratio feeding per core / decode, 500x375", report["ratio_feeding_vs_decode_500x375"]),
+        ("feeding: CPU per image, steady, whole process (ms)", report["feeding_cpu_per_image_ms"]),
+        ("feeding: cores used, steady", report["feeding_cores_used"]),
+        ("decode+resize 500x375: CPU per image, this process (ms)", decode_cpu_ms),
+        ("ratio CPU per image decode / feeding", report["ratio_decode_cpu_vs_feeding_cpu"]),
         ("ratio feeding per core / decode, 3000x2250", report["ratio_feeding_vs_decode_large"]),
         ("ratio steady state pipeline/bare", report["ratio_steady"]),
         ("ratio end to end (N/bare rate)/whole process", report["ratio_end_to_end"]),
@@ -248,6 +345,13 @@ def main(argv=None) -> None:
     ]
     if not args.no_memory:
         rows.append(("peak RSS 10xN / N", report["memory_ratio_10x"]))
+    if lite0 is not None:
+        rows += [
+            ("lite0 (224x224): bare model, steady (images/s)", lite0["bare_rate"]),
+            (f"lite0: pipeline N={n}, steady state (images/s)", lite0["pipeline"]["steady_rate"]),
+            (f"lite0: pipeline N={n}, whole process (s)", lite0["pipeline"]["wall_s"]),
+            ("lite0: ratio steady state pipeline/bare", lite0["ratio_steady"]),
+        ]
     for name, value in rows:
         print(f"{name:<58}{value:>10.2f}")
 

@@ -57,17 +57,18 @@ def build_b3(path: str) -> str:
 
 
 def build_trivial(path: str) -> str:
-    """A near-zero-cost model with the same signature (per-channel means, tiled to 1000
-    logits): what the pipeline feeds per second when the model costs nothing."""
+    """A near-zero-cost model with the same signature (one pixel of each image, tiled to 1000
+    logits): what the pipeline feeds per second when the model costs nothing. It reads one
+    pixel, not all: a mean over every pixel costs about 0.25 ms per 300x300 image on this
+    project's machine, a tenth of a decode, which is model work and not feeding."""
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
     import tensorflow as tf
 
-    class Trivial(tf.Module):
+    class NearZero(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         def __call__(self, images):
-            means = tf.reduce_mean(images, axis=[1, 2])  # [batch, 3]
-            return tf.tile(means, [1, 334])[:, :1000]
+            return tf.tile(images[:, 0, 0, :], [1, 334])[:, :1000]  # [batch, 1000]
 
-    tf.saved_model.save(Trivial(), path)
+    tf.saved_model.save(NearZero(), path)
     return path

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transforms.postprocess import prediction_row, top_k
+from transforms.postprocess import best_first, prediction_row, top_k
 
 
 def reference_softmax(logits):
@@ -43,3 +43,15 @@ def test_prediction_row_names_labels():
     assert row["class_ids"] == [1, 2] and row["labels"] == ["b", "c"]
     assert row["processed_at"].tzinfo is not None
     assert sum(reference_softmax([0, 5, 1])[[1, 2]]) == pytest.approx(sum(row["scores"]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_first_is_a_stable_descending_sort(seed):
+    rng = np.random.default_rng(seed)
+    # Few distinct values, so ties straddle the k-th place; NaNs in some.
+    values = rng.integers(0, 6, size=50).astype(np.float64)
+    if seed % 3 == 0:
+        values[rng.integers(0, 50, size=seed % 7 + 1)] = np.nan
+    for k in (1, 3, 10, 49, 50, 60):
+        expected = np.argsort(-values, kind="stable")[:k]
+        np.testing.assert_array_equal(best_first(values, k), expected)

@@ -360,3 +360,21 @@ def test_gcs_costs_one_request_per_object(gcs, bucket, probe_model, tmp_path, sa
         assert counts[name] == {"media": 1}, (name, counts[name])
     assert counts["in/large.jpg"] == {"media": 2, "metadata": 1}
     assert counts["in/too_large.jpg"] == {"media": 1, "metadata": 1}
+
+
+def test_workers_run_every_call_and_refuse_after_shutdown():
+    import queue as queue_module
+
+    from transforms.decode import Workers
+
+    workers = Workers(3, "test")
+    done: queue_module.SimpleQueue = queue_module.SimpleQueue()
+    for i in range(50):
+        workers.submit(done.put, i)
+    workers.submit(lambda: 1 / 0)  # a raising call kills no worker
+    for i in range(50, 60):
+        workers.submit(done.put, i)
+    assert sorted(done.get(timeout=10) for _ in range(60)) == list(range(60))
+    workers.shutdown()
+    with pytest.raises(RuntimeError):
+        workers.submit(done.put, 0)

@@ -10,7 +10,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
@@ -57,6 +56,42 @@ def gcs_client(read_concurrency: int) -> tuple[Any, Any]:
     return client, DEFAULT_RETRY_WITH_THROTTLING_COUNTER
 
 
+class Workers:
+    """`count` daemon threads running the calls submitted to them, in submission order.
+
+    What a ThreadPoolExecutor does for this module at a fraction of its cost per call (no
+    Future, no lock, no idle-thread bookkeeping: one SimpleQueue put and get). A call that
+    raises kills nothing (the callers here turn every failure into a result themselves).
+    After shutdown(), pending calls are dropped and submit() raises RuntimeError.
+    """
+
+    def __init__(self, count: int, name: str):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
+        self._count = count
+
+    def submit(self, fn: Callable, *args: Any) -> None:
+        if self._closed:
+            raise RuntimeError("cannot schedule new calls after shutdown")
+        self._calls.put((fn, args))
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None and not self._closed:
+            fn, args = call
+            try:
+                fn(*args)
+            except BaseException:  # the callers turn every failure into a result themselves
+                pass
+            del call, fn, args  # hold nothing (image bytes) while idle
+
+    def shutdown(self) -> None:
+        self._closed = True
+        for _ in range(self._count):
+            self._calls.put(None)
+
+
 class Feeder:
     """Reads and decodes URIs for every ReadAndDecode of one process.
 
@@ -72,8 +107,8 @@ class Feeder:
         # A gs:// read asks for this much in its one request before it needs the size.
         self.first_bytes = max(MB, max_inflight_bytes // read_concurrency)
         self.decode_threads = usable_cores()
-        self._reads = ThreadPoolExecutor(read_concurrency, thread_name_prefix="read")
-        self._decodes = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        self._reads = Workers(read_concurrency, "read")
+        self._decodes = Workers(self.decode_threads, "decode")
         self._gcs: tuple[Any, Any] | None = None
         self._gcs_lock = threading.Lock()
 
@@ -101,19 +136,19 @@ class Feeder:
     def _read(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue):
         try:
             data = self.read_bytes(uri)
-        except BaseException as e:  # noqa: BLE001 - every failure becomes an error row
+        except BaseException as e:  # every failure becomes an error row
             done.put(error_output(uri, v.READ, e))
             return
         try:
             self._decodes.submit(self._decode, uri, data, image_size, max_pixels, done)
-        except BaseException as e:  # noqa: BLE001 - a pool shut down under us
+        except BaseException as e:  # a pool shut down under us
             self.budget.release(len(data))
             done.put(error_output(uri, v.DECODE, e))
 
     def _decode(self, uri: str, data: bytes, image_size: int, max_pixels: int, done):
         try:
             out = uri, decode_and_resize(data, image_size, max_pixels)
-        except BaseException as e:  # noqa: BLE001 - every failure becomes an error row
+        except BaseException as e:  # every failure becomes an error row
             out = error_output(uri, v.DECODE, e)
         finally:
             self.budget.release(len(data))
@@ -121,8 +156,8 @@ class Feeder:
         done.put(out)
 
     def shutdown(self) -> None:
-        self._reads.shutdown(wait=False, cancel_futures=True)
-        self._decodes.shutdown(wait=False, cancel_futures=True)
+        self._reads.shutdown()
+        self._decodes.shutdown()
 
 
 _FEEDERS: dict[tuple, list] = {}  # settings -> [Feeder, users]

@@ -17,17 +17,30 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(logits, dtype=np.float64)
     exp = np.exp(logits - logits.max())
     probs = exp / exp.sum()
-    # Highest probability first; equal probabilities in class-id order.
-    best = np.argsort(-probs, kind="stable")[:k]
+    best = best_first(probs, k)
     return best.astype(np.int32), probs[best].astype(np.float32)
+
+
+def best_first(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first, equal values in index order: what
+    np.argsort(-values, kind="stable")[:k] gives, without sorting all of them."""
+    n = len(values)
+    if k < n:
+        kth = np.partition(values, n - k)[n - k]  # the k-th largest value
+        candidates = np.flatnonzero(values >= kth)  # every index that can be in the top k
+        if len(candidates) >= k:  # fewer only with NaNs: then the full sort decides
+            order = np.argsort(-values[candidates], kind="stable")[:k]
+            return candidates[order]
+    return np.argsort(-values, kind="stable")[:k]
 
 
 def prediction_row(uri: str, logits: np.ndarray, labels: Sequence[str], k: int, model: str) -> dict:
     ids, scores = top_k(logits, k)
+    class_ids = ids.tolist()
     return {
         "uri": uri,
-        "class_ids": ids.tolist(),
-        "labels": [labels[i] for i in ids],
+        "class_ids": class_ids,
+        "labels": [labels[i] for i in class_ids],
         "scores": scores.tolist(),
         "model": model,
         "processed_at": utc_now(),
