@@ -214,14 +214,22 @@ def test_python_requires_is_the_one_python_the_suite_runs_on():
     assert f"{sys.version_info.major}.{sys.version_info.minor}" == version
 
 
-def test_dataflow_labels_with_b3_and_never_falls_back(gcs, bucket, sample_jpeg):
+def test_dataflow_labels_with_b3_and_never_falls_back(tmp_path):
     """run_dataflow.sh pins EfficientNet-B3: with TF Hub out of reach (as here) and no
-    --model, it stops at start-up instead of labelling production data with Lite0."""
-    storage.Client().bucket(bucket).blob("images/cat.jpg").upload_from_string(sample_jpeg)
-    proc = stage_dataflow(bucket)
+    --model, it stops at start-up instead of labelling production data with Lite0. (Local
+    input and output: the model check fails before anything would reach Dataflow.)"""
+    proc = script(
+        "run_dataflow.sh",
+        "--project=test-project",
+        "--bucket=unused-bucket",
+        f"--image={IMAGE}",
+        f"--input={ROOT}/samples/*.jpg",
+        f"--output={tmp_path}/out",
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith(
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith(
         "python -m pipeline.run: error: cannot download the model "
         "https://tfhub.dev/tensorflow/efficientnet/b3/classification/1"
     )
+    assert not (tmp_path / "out").exists()
