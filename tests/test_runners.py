@@ -7,8 +7,11 @@ import io
 import json
 import pathlib
 import re
+import shutil
 import subprocess
+import sys
 import tarfile
+import zipfile
 
 import pytest
 from google.cloud import storage
@@ -159,24 +162,80 @@ def test_scripts_explain_themselves():
         assert missing.returncode == 2 and "error:" in missing.stderr
 
 
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments out."""
+    text = (pathlib.Path(ROOT) / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [tuple(line.split(None, 1)) for line in joined.splitlines() if line.strip()]
+
+
 def test_dockerfile_versions_agree_with_requirements():
-    dockerfile = (pathlib.Path(ROOT) / "Dockerfile").read_text()
+    instructions = dockerfile_instructions()
     pins = dict(
         line.split("==")
         for line in (pathlib.Path(ROOT) / "requirements.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.M))
+    args = dict(a.split("=", 1) for kind, a in instructions if kind == "ARG")
     assert args["BEAM_VERSION"] == pins["apache-beam[gcp]"]
     # One Python for the launching machine, the workers and the template launcher.
     assert args["PYTHON_VERSION"] == (pathlib.Path(ROOT) / ".python-version").read_text().strip()
-    launcher = re.search(r"python(\d)(\d+)-template-launcher-base", dockerfile)
+    stages = [a for kind, a in instructions if kind == "FROM"]
+    launcher = re.search(r"python(\d)(\d+)-template-launcher-base", stages[1])
     assert f"{launcher[1]}.{launcher[2]}" == args["PYTHON_VERSION"]
-    # Every package comes from requirements.txt, TensorFlow's CUDA extra at the same pin.
-    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
-    assert "tensorflow[and-cuda]==$(sed -n 's/^tensorflow==//p' requirements.txt)" in dockerfile
-    assert "pip check" in dockerfile
-    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
+    assert stages[-1] == "python:${PYTHON_VERSION}-slim"
+    assert ("ENTRYPOINT", '["/opt/apache/beam/boot"]') in instructions
+
+
+def test_dockerfile_build_steps_install_the_pinned_packages_and_this_code(tmp_path):
+    """The final stage's COPY and RUN steps, run without Docker: the files COPY brings go into
+    a build context, RUN runs there with bash and a `pip` that records its arguments, and
+    the `pip install .` it asks for is then built for real (a wheel) from that context alone."""
+    instructions = dockerfile_instructions()
+    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    context = tmp_path / "context"
+    for kind, arguments in final:
+        if kind == "COPY" and not arguments.startswith("--from"):
+            *sources, target = arguments.split()
+            for source in sources:
+                destination = context / target / (source if target == "./" else "")
+                if (pathlib.Path(ROOT) / source).is_dir():
+                    shutil.copytree(pathlib.Path(ROOT) / source, destination)
+                else:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(pathlib.Path(ROOT) / source, destination)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "pip").write_text('#!/bin/sh\necho "$*" >> "$PIP_LOG"\n')
+    (fake_bin / "pip").chmod(0o755)
+    log = tmp_path / "pip.log"
+    (run,) = [a for kind, a in final if kind == "RUN"]
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "PIP_LOG": str(log)}
+    subprocess.run(["bash", "-ec", run], cwd=context, env=env, check=True)
+
+    pins = (pathlib.Path(ROOT) / "requirements.txt").read_text()
+    tensorflow = re.search(r"^tensorflow==(\S+)$", pins, re.M)[1]
+    assert log.read_text().splitlines() == [
+        f"install --no-cache-dir -r requirements.txt tensorflow[and-cuda]=={tensorflow}",
+        "install --no-cache-dir --no-deps .",
+        "check",
+    ]
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), "."],
+        cwd=context,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("beam_image_labeler-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    for module in ("pipeline/run.py", "transforms/lite0.py", "transforms/vocabulary.py"):
+        assert module in names
+    assert "transforms/data/imagenet_labels.txt" in names
+    assert "label-images = pipeline.run:main" in entry_points
 
 
 def test_flex_template_metadata_lists_the_pipeline_options():
@@ -199,7 +258,6 @@ def test_python_requires_is_the_one_python_the_suite_runs_on():
     the template launcher's), and this suite runs on it: the code is tested on 3.11 only, and
     uses 3.11 APIs (datetime.UTC), so it must not install on 3.10."""
     import ast
-    import sys
 
     version = (pathlib.Path(ROOT) / ".python-version").read_text().strip()
     setup = ast.parse((pathlib.Path(ROOT) / "setup.py").read_text())
