@@ -11,4 +11,6 @@ if ! command -v chromium >/dev/null; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers, each test file on one of them (a file's servers and cluster stay together):
+# the suite waits on servers and child processes as much as it computes.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -77,21 +77,47 @@ class _MetadataHandler(http.server.BaseHTTPRequestHandler):
 
 
 class MetadataServer:
-    """GCE metadata on 127.0.0.1:port, served from a daemon thread."""
+    """GCE metadata on 127.0.0.1:port, served by a child process (python -m tests.gcs_servers
+    --metadata PORT) that exits when its parent goes: a thread of the test process would
+    answer late whenever the test holds the GIL, and google-auth gives up after 3 s."""
 
     def __init__(self, port: int):
         self.port = port
-        self._httpd = http.server.ThreadingHTTPServer((HOST, port), _MetadataHandler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._proc: subprocess.Popen | None = None
 
-    def start(self) -> MetadataServer:
-        self._thread.start()
-        return self
+    def start(self, timeout: float = 20) -> MetadataServer:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.gcs_servers", "--metadata", str(self.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{HOST}:{self.port}/", timeout=1).read()
+                return self
+            except OSError:
+                if self._proc.poll() is not None:
+                    raise RuntimeError("the metadata server exited at start") from None
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the metadata server did not answer on {HOST}:{self.port}")
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _serve_metadata(port: int) -> None:
+    """The child: serve until the parent closes our stdin (or dies)."""
+    httpd = http.server.ThreadingHTTPServer((HOST, port), _MetadataHandler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    sys.stdin.read()
+    httpd.shutdown()
 
 
 def metadata_env(port: int) -> dict[str, str]:
@@ -260,7 +286,9 @@ def _serve(port: int, data_dir: str, log: str, faults: bool, threaded: bool = Fa
     server.stop()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1] == "--metadata":
+    _serve_metadata(int(sys.argv[2]))
+elif __name__ == "__main__":
     _serve(
         int(sys.argv[1]),
         sys.argv[2],
