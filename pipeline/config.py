@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import LabelerOptions
 from transforms import sink
+from transforms.decode import MB
 from transforms.inputs import InputError, check_manifest, check_pattern, normalize_uri
 from transforms.labels import load_labels
 from transforms.model import (
@@ -128,7 +129,6 @@ def choose_model(given: str | None, num_labels: int) -> str:
     return FALLBACK_MODEL
 
 
-MB = 1 << 20
 DEFAULT_IMAGE_SIZE = 300  # EfficientNet-B3's input side
 CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
 GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up

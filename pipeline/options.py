@@ -9,6 +9,12 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from transforms.decode import (
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_OBJECT_BYTES,
+    DEFAULT_READ_CONCURRENCY,
+    MB,
+)
 from transforms.labels import DEFAULT_LABELS
 from transforms.preprocess import MAX_IMAGE_SIZE
 
@@ -91,7 +97,7 @@ class LabelerOptions(PipelineOptions):
         parser.add_argument(
             "--read_concurrency",
             type=int,
-            default=32,
+            default=DEFAULT_READ_CONCURRENCY,
             metavar="N",
             help="Object reads in flight per worker process, apart from decoding (default 32, "
             "sized for object storage's per-request latency).",
@@ -99,7 +105,7 @@ class LabelerOptions(PipelineOptions):
         parser.add_argument(
             "--max_inflight_mb",
             type=float,
-            default=256.0,
+            default=DEFAULT_MAX_INFLIGHT_BYTES / MB,
             metavar="MB",
             help="Bytes of read but not yet decoded images per worker process (default 256): "
             "memory stays flat whatever the object sizes.",
@@ -107,7 +113,7 @@ class LabelerOptions(PipelineOptions):
         parser.add_argument(
             "--max_object_mb",
             type=float,
-            default=100.0,
+            default=DEFAULT_MAX_OBJECT_BYTES / MB,
             metavar="MB",
             help="Objects larger than this are refused from their size, unread, as 'too large' "
             "read errors (default 100).",
