@@ -76,18 +76,16 @@ class _MetadataHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class MetadataServer:
-    """GCE metadata on 127.0.0.1:port, served by a child process (python -m tests.gcs_servers
-    --metadata PORT) that exits when its parent goes: a thread of the test process would
-    answer late whenever the test holds the GIL, and google-auth gives up after 3 s."""
+class ChildServer:
+    """A server run by a child process (python -m tests.gcs_servers ARGS) that exits when
+    its stdin closes, so also when this process dies; start() waits until `url` answers."""
 
-    def __init__(self, port: int):
-        self.port = port
-        self._proc: subprocess.Popen | None = None
+    what = "server"
+    _proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20) -> MetadataServer:
+    def _spawn(self, args: list[str], url: str, timeout: float) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.gcs_servers", "--metadata", str(self.port)],
+            [sys.executable, "-m", "tests.gcs_servers", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -96,19 +94,37 @@ class MetadataServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"http://{HOST}:{self.port}/", timeout=1).read()
-                return self
+                urllib.request.urlopen(url, timeout=1).read()
+                return
             except OSError:
                 if self._proc.poll() is not None:
-                    raise RuntimeError("the metadata server exited at start") from None
+                    raise RuntimeError(f"the {self.what} exited at start") from None
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the metadata server did not answer on {HOST}:{self.port}")
+        raise RuntimeError(f"the {self.what} did not answer on {url}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
+        if self.running:
             self._proc.kill()
             self._proc.wait()
+
+
+class MetadataServer(ChildServer):
+    """GCE metadata on 127.0.0.1:port, in a child process: a thread of the test process would
+    answer late whenever the test holds the GIL, and google-auth gives up after 3 s."""
+
+    what = "metadata server"
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def start(self, timeout: float = 20) -> MetadataServer:
+        self._spawn(["--metadata", str(self.port)], f"http://{HOST}:{self.port}/", timeout)
+        return self
 
 
 def _serve_metadata(port: int) -> None:
@@ -125,8 +141,10 @@ def metadata_env(port: int) -> dict[str, str]:
     return {"GCE_METADATA_HOST": f"{HOST}:{port}", "GCE_METADATA_IP": f"{HOST}:{port}"}
 
 
-class Emulator:
+class Emulator(ChildServer):
     """gcp-storage-emulator on a fixed loopback port, data on disk so it survives a restart."""
+
+    what = "GCS emulator"
 
     def __init__(
         self, data_dir: str, port: int | None = None, faults: bool = False, threaded: bool = False
@@ -137,38 +155,12 @@ class Emulator:
         self.threaded = threaded  # one thread per connection (the emulator serves one at a time)
         self.port = port or free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
-        self._proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20) -> Emulator:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.gcs_servers", str(self.port), self.data_dir, self.log]
-            + (["--faults"] if self.faults else [])
-            + (["--threaded"] if self.threaded else []),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).read()
-                return self
-            except OSError:
-                if self._proc.poll() is not None:
-                    raise RuntimeError("the GCS emulator exited at start") from None
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the GCS emulator did not answer on {self.endpoint}")
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        args = [str(self.port), self.data_dir, self.log]
+        args += (["--faults"] if self.faults else []) + (["--threaded"] if self.threaded else [])
+        self._spawn(args, f"{self.endpoint}/storage/v1/b", timeout)
+        return self
 
     def requests(self) -> list[str]:
         """Request lines served so far ('GET /download/storage/v1/b/... HTTP/1.1' ...)."""
