@@ -35,6 +35,10 @@ class ConfigError(ValueError):
     """A bad option: the message says what is wrong and what to do."""
 
 
+class ModelDownloadError(ConfigError):
+    """A TF Hub handle could not be downloaded (no network, TF Hub away)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     inputs: tuple[str, ...]
@@ -75,7 +79,7 @@ def check_model(handle: str, num_labels: int) -> None:
             # Downloads into TFHUB_CACHE_DIR once; later runs (and the workers here) reuse it.
             model_dir = hub.resolve(handle)
         except Exception as e:  # any failure means the same to the user
-            raise ConfigError(
+            raise ModelDownloadError(
                 f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
                 "the SavedModel where the internet is reachable, copy it here or to gs://, "
                 "and pass --model /path/to/saved_model_dir (README 'Models')"
@@ -108,18 +112,16 @@ def check_model(handle: str, num_labels: int) -> None:
 
 
 def choose_model(given: str | None, num_labels: int) -> str:
-    """--model as given, checked; without
-    --model, EfficientNet-B3 from TF Hub, or where TF Hub cannot be reached, the built-in
-    EfficientNet-Lite0, said in one line on stderr."""
+    """--model as given, checked; without --model, EfficientNet-B3 from TF Hub, or where TF
+    Hub cannot be reached, the built-in EfficientNet-Lite0, said in one line on stderr."""
     if given:
         check_model(given, num_labels)
         return given
     try:
         check_model(DEFAULT_MODEL, num_labels)
         return DEFAULT_MODEL
-    except ConfigError as e:
-        if "cannot download" not in str(e):
-            raise
+    except ModelDownloadError:
+        pass
     print(
         f"TF Hub cannot be reached: labelling with the built-in {FALLBACK_MODEL} instead of "
         "EfficientNet-B3 (pass --model to choose; README 'Models')",

@@ -36,13 +36,18 @@ def failure_breakdown(counts: dict[str, int]) -> str:
     return "; ".join(f"{stage}: {', '.join(parts)}" for stage, parts in by_stage.items())
 
 
+def failed_images(counts: dict[str, int]) -> int:
+    """Images that became error rows, at any stage."""
+    return sum(counts.get(f"failed_{s}", 0) for s in STAGES)
+
+
 def summarize(
     counts: dict[str, int], written: dict[str, int], config: Config, seconds: float
 ) -> str:
     """The one-line summary. 'labelled' counts the prediction rows found in the partition,
     so nothing is reported as labelled that was not written."""
     labelled = written.get(PREDICTIONS, 0)
-    failed = sum(counts.get(f"failed_{s}", 0) for s in STAGES)
+    failed = failed_images(counts)
     lost = counts.get("images_labelled", 0) - labelled
     detail = failure_breakdown(counts)
     skipped = counts.get("images_skipped", 0)
@@ -67,7 +72,7 @@ def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: fl
     """(exit status, a line saying why it is not 0, or None) from the run's counters and
     the rows found in its partitions. Lost output outranks failed images."""
     labelled = counts.get("images_labelled", 0)
-    failed = sum(counts.get(f"failed_{s}", 0) for s in STAGES)
+    failed = failed_images(counts)
     missing = {
         kind: n - written.get(kind, 0)
         for kind, n in ((PREDICTIONS, labelled), (ERRORS, failed))
