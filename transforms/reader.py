@@ -11,11 +11,11 @@ import io
 import os
 import stat
 import threading
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 from transforms import vocabulary as v
+from transforms.inputs import file_uri_path
 
 MB = 1 << 20
 CHUNK = 1 * MB  # the most asked of a file in one read() call past its expected size
@@ -107,9 +107,10 @@ def read_at_most(read: Callable[[int], bytes], expected: int, max_bytes: int, ur
 
 
 def local_path(uri: str) -> str | None:
-    """The local path a URI names (a plain path or file://), or None for other schemes."""
-    if uri.startswith("file://"):
-        return urllib.parse.unquote(urllib.parse.urlsplit(uri).path)
+    """The local path a URI names (a plain path or a local file: URI, decoded as inputs do), or
+    None for other schemes."""
+    if (path := file_uri_path(uri)) is not None:
+        return path
     scheme, sep, _ = uri.partition("://")
     return uri if not sep or not scheme.isalnum() else None
 
