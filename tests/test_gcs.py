@@ -25,6 +25,7 @@ def test_glob_in_parquet_out_with_transient_and_permanent_faults(
     first = gcs_images["good"][0]
     flaky = [copy_object(bucket, first, f"images/flaky_{i}.jpg") for i in range(3)]
     forbidden = copy_object(bucket, first, "images/forbidden.jpg")
+    corrupt = copy_object(bucket, first, "images/corrupt.jpg")  # a wrong x-goog-hash
     out = f"gs://{bucket}/out"
     proc = cli(
         f"--input={gcs_images['root']}/**",
@@ -39,12 +40,14 @@ def test_glob_in_parquet_out_with_transient_and_permanent_faults(
 
     predictions, errors = read_rows(out, "predictions"), read_rows(out, "errors")
     good = set(gcs_images["good"]) | set(gcs_images["patches"]) | set(flaky)
-    bad = set(gcs_images["bad"]) | {forbidden}
+    bad = set(gcs_images["bad"]) | {forbidden, corrupt}
     assert sorted(r["uri"] for r in predictions) == sorted(good)  # each exactly once
     assert sorted(r["uri"] for r in errors) == sorted(bad)
     assert {r["date"] for r in predictions + errors} == {"2025-02-03"}
     by_uri = {r["uri"]: r for r in errors}
     assert by_uri[forbidden]["stage"] == "read" and "403" in by_uri[forbidden]["error"]
+    assert (by_uri[corrupt]["stage"], by_uri[corrupt]["reason"]) == ("read", "read failed")
+    assert "crc32c of the" in by_uri[corrupt]["error"], by_uri[corrupt]
     # The 503s really happened, and each flaky object was fetched again after its 503.
     downloads = [line for line in gcs.requests() if "alt=media" in line]
     for uri in flaky:

@@ -15,7 +15,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import metrics, reader
+from transforms import gcs_reads, metrics, reader
 from transforms import vocabulary as v
 from transforms.preprocess import DEFAULT_MAX_PIXELS, decode_and_resize
 from transforms.rows import failure_row
@@ -38,22 +38,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def gcs_client(read_concurrency: int) -> tuple[Any, Any]:
-    """(client, retry) for gs:// reads: Beam's own client and retry policy (its credentials,
-    anonymous where there are none), with a connection pool as large as the reads in flight
-    (requests keeps 10 by default and opens a new connection for each read past that)."""
-    import requests
-    from apache_beam.io.gcp.gcsio import create_storage_client
-    from apache_beam.io.gcp.gcsio_retry import DEFAULT_RETRY_WITH_THROTTLING_COUNTER
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    client = create_storage_client(PipelineOptions())
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=read_concurrency + 4)
-    for prefix in ("https://", "http://"):
-        client._http.mount(prefix, adapter)  # the workaround google-cloud-storage documents
-    return client, DEFAULT_RETRY_WITH_THROTTLING_COUNTER
 
 
 class Workers:
@@ -104,12 +88,12 @@ class Feeder:
         self.read_concurrency = read_concurrency
         self.max_object_bytes = max_object_bytes
         self.budget = reader.ByteBudget(max_inflight_bytes)
-        # A gs:// read asks for this much in its one request before it needs the size.
-        self.first_bytes = max(MB, max_inflight_bytes // read_concurrency)
+        # What a read whose size is not announced holds until it is read.
+        self.unknown_size = max(MB, max_inflight_bytes // read_concurrency)
         self.decode_threads = usable_cores()
         self._reads = Workers(read_concurrency, "read")
         self._decodes = Workers(self.decode_threads, "decode")
-        self._gcs: tuple[Any, Any] | None = None
+        self._gcs: gcs_reads.GcsReader | None = None
         self._gcs_lock = threading.Lock()
 
     def submit(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue) -> None:
@@ -121,16 +105,14 @@ class Feeder:
         if path is not None:
             return reader.read_local(path, self.max_object_bytes, self.budget)
         if uri.startswith("gs://"):
-            client, retry = self._gcs_client()
-            return reader.read_gcs(
-                client, uri, self.max_object_bytes, self.first_bytes, self.budget, retry
-            )
+            gcs = self._gcs_reader()
+            return gcs.read(uri, self.max_object_bytes, self.unknown_size, self.budget)
         return reader.read_beam(uri, self.max_object_bytes, self.budget)
 
-    def _gcs_client(self) -> tuple[Any, Any]:
+    def _gcs_reader(self) -> gcs_reads.GcsReader:
         with self._gcs_lock:
             if self._gcs is None:
-                self._gcs = gcs_client(self.read_concurrency)
+                self._gcs = gcs_reads.GcsReader(self.read_concurrency)
             return self._gcs
 
     def _read(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue):

@@ -1,5 +1,6 @@
 """Stage 2's reads, before decoding: one object's bytes, bounded. Only regular files are read,
-never more than max_bytes + 1 of them, gs:// in one request; no Beam transforms here.
+never more than max_bytes + 1 of them (gs:// has its own module, transforms/gcs_reads.py,
+on the budget and bounds here); no Beam transforms here.
 
 Every read holds its bytes in a ByteBudget from before the read until the caller releases
 them (after decoding), so bytes in flight stay under a limit whatever the object sizes.
@@ -7,12 +8,10 @@ them (after decoding), so bytes in flight stay under a limit whatever the object
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from transforms import vocabulary as v
 from transforms.inputs import file_uri_path
@@ -134,84 +133,6 @@ def read_local(path: str, max_bytes: int, budget: ByteBudget) -> bytes:
             budget.release(st.st_size)
             raise
     budget.resize(st.st_size, len(data))
-    return data
-
-
-class _Overflow(Exception):
-    """A capped download got more bytes than its cap."""
-
-
-class CappedSink(io.RawIOBase):
-    """What a download writes into: its bytes, up to `cap` of them; one byte more raises."""
-
-    def __init__(self, cap: int):
-        super().__init__()
-        self._cap = cap
-        self._buf = io.BytesIO()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        n = self._buf.write(b)
-        if self._buf.tell() > self._cap:
-            raise _Overflow(self._cap)
-        return n
-
-    def getvalue(self) -> bytes:
-        return self._buf.getvalue()
-
-
-def split_gcs(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    return bucket, name
-
-
-def download_capped(blob: Any, cap: int, retry: Any) -> bytes:
-    """The whole object in one media request (checksummed, transient faults retried by the
-    client), or _Overflow after cap + 1 bytes: the rest is never read."""
-    sink = CappedSink(cap)
-    blob.download_to_file(sink, raw_download=True, retry=retry)
-    return sink.getvalue()
-
-
-def read_gcs(
-    client: Any, uri: str, max_bytes: int, first_bytes: int, budget: ByteBudget, retry: Any
-) -> bytes:
-    """A gs:// object's bytes; on return len(result) bytes are held in `budget`.
-
-    One request for an object of up to `first_bytes` (the common case: no metadata request
-    first). A larger one costs its metadata request, is refused from its size when above
-    max_bytes, and is then read whole with max_bytes + 1 bytes at most.
-    """
-    bucket, name = split_gcs(uri)
-    blob = client.bucket(bucket).blob(name)
-    held = min(first_bytes, max_bytes) + 1
-    budget.acquire(held)
-    try:
-        data = download_capped(blob, held - 1, retry)
-    except _Overflow:
-        budget.release(held)
-    except BaseException:
-        budget.release(held)
-        raise
-    else:
-        budget.resize(held, len(data))
-        return data
-    blob.reload(retry=retry)
-    if blob.size is not None and blob.size > max_bytes:
-        raise too_large(uri, blob.size, max_bytes)
-    size = blob.size or max_bytes
-    budget.acquire(size)
-    try:
-        data = download_capped(blob, max_bytes, retry)
-    except _Overflow:
-        budget.release(size)
-        raise too_large(uri, max_bytes + 1, max_bytes) from None
-    except BaseException:
-        budget.release(size)
-        raise
-    budget.resize(size, len(data))
     return data
 
 
