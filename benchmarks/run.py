@@ -1,14 +1,15 @@
 """One command, one machine: the bare model's limit, decode cost, a plain script's time, and
 the real pipeline (python -m pipeline.run on DirectRunner) end to end, with peak memory at N
-and 10 x N, and its feeding rate with a near-zero-cost model: from local disk, from gs:// (a
-loopback GCS emulator behind a proxy adding 50 ms to each request) and on large photos,
-beside the decode-only rate of the fastest label-keeping decoder on one core.
+and 10 x N, and its feeding rate with a near-zero-cost model on --n_feeding photos: from
+local disk, on large photos, and from gs:// (a loopback GCS emulator behind a proxy adding
+50 ms to each request; the servers on the last core, gs:// and local disk both fed on the
+others), beside the decode-only rate of the fastest label-keeping decoder on one core.
 
 With --models b3,lite0 (the default) the same N photos are also labelled by the built-in
 EfficientNet-Lite0 (real ImageNet weights, 224x224), bare and in the pipeline, in the same run.
 
-    .venv/bin/python -m benchmarks.run [--n 300] [--n_large 60] [--batch_size 32] [--no_memory]
-        [--models b3,lite0]
+    .venv/bin/python -m benchmarks.run [--n 300] [--n_feeding 3000] [--n_large 300]
+        [--batch_size 32] [--no_memory] [--models b3,lite0]
 
 Prints a table and the ratios pipeline/bare; writes them to benchmarks/results/latest.json.
 """
@@ -107,11 +108,19 @@ def decode_cpu_per_image(paths: list[str], size: int = 300, rounds: int = 3) -> 
 
 
 def pipeline_run(
-    photos: str, model: str, out: str, batch_size: int, env: dict | None = None
+    photos: str,
+    model: str,
+    out: str,
+    batch_size: int,
+    env: dict | None = None,
+    cores: set[int] | None = None,
 ) -> dict:
-    """The CLI on photos (a folder or gs:// prefix) into `out`: wall time, rates, peak RSS,
-    and the CPU seconds per image of the whole process in the steady state."""
+    """The CLI on photos (a folder or gs:// prefix) into `out`, on `cores` if given: wall
+    time, rates, peak RSS, and the CPU seconds per image of the whole process in the steady
+    state."""
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []
     cmd = [
+        *pin,
         sys.executable,
         "-m",
         "pipeline.run",
@@ -148,10 +157,32 @@ def decoder_rates(work: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])["rates"]
 
 
+def split_cores() -> tuple[set[int], set[int]]:
+    """(cores for the pipeline, cores for the loopback storage servers): the last core serves
+    (the emulator and proxy stand in for Cloud Storage, whose CPU is not the worker's); on
+    a one-core machine both share it."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) == 1:
+        return set(cores), set(cores)
+    return set(cores[:-1]), {cores[-1]}
+
+
+@contextlib.contextmanager
+def on_cores(cores: set[int]):
+    """This process (and the children it starts meanwhile) on `cores` only."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 @contextlib.contextmanager
 def slow_bucket(photos: str, work: str, delay: float = 0.05):
     """The photos in a bucket of a loopback GCS emulator, reached through a proxy adding
-    `delay` to each request. Yields (gs:// prefix, environment for the pipeline child)."""
+    `delay` to each request (served from this process's threads). Yields (gs:// prefix,
+    environment for the pipeline child)."""
     from google.cloud import storage
 
     from tests.gcs_servers import Emulator, LatencyProxy, MetadataServer, free_port, metadata_env
@@ -201,7 +232,13 @@ def lite0_runs(photos: str, work: str, stamp: int, batch: int) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="photos in the main run")
-    parser.add_argument("--n_large", type=int, default=60, help="3000x2250 photos (feeding)")
+    parser.add_argument(
+        "--n_feeding",
+        type=int,
+        default=3000,
+        help="photos fed to the near-zero model (local and gs://): seconds of steady state",
+    )
+    parser.add_argument("--n_large", type=int, default=300, help="3000x2250 photos (feeding)")
     parser.add_argument("--batch_size", type=int, default=32, help="inference batch size")
     parser.add_argument(
         "--no_memory", action="store_true", help="skip the 10 x N run (peak memory)"
@@ -223,7 +260,7 @@ def main(argv=None) -> None:
     trivial = build_trivial(os.path.join(work, "near_zero_1px"))
     sizes = [n] + ([] if args.no_memory else [10 * n])
     folders = {}
-    for size in sizes:
+    for size in {*sizes, args.n_feeding}:
         folders[size] = os.path.join(work, f"photos_{size}")
         if len(os.listdir(folders[size]) if os.path.isdir(folders[size]) else []) != size:
             make_photos(size, folders[size])
@@ -255,14 +292,29 @@ def main(argv=None) -> None:
         size: pipeline_run(folders[size], model, os.path.join(work, f"out_{size}_{stamp}"), batch)
         for size in sizes
     }
-    feeding = pipeline_run(folders[n], trivial, os.path.join(work, f"trivial_{n}_{stamp}"), batch)
-    with slow_bucket(folders[n], work) as (prefix, env):
-        feeding_gcs = pipeline_run(
-            prefix, trivial, os.path.join(work, f"trivial_gcs_{n}_{stamp}"), batch, env
-        )
+    nf = args.n_feeding
+    feeding = pipeline_run(folders[nf], trivial, os.path.join(work, f"trivial_{stamp}"), batch)
     feeding_large = pipeline_run(
         folders["large"], trivial, os.path.join(work, f"trivial_large_{stamp}"), batch
     )
+    # gs:// against local disk, both on the cores the storage servers leave free.
+    pipeline_cores, server_cores = split_cores()
+    feeding_local_pinned = pipeline_run(
+        folders[nf],
+        trivial,
+        os.path.join(work, f"trivial_pinned_{stamp}"),
+        batch,
+        cores=pipeline_cores,
+    )
+    with on_cores(server_cores), slow_bucket(folders[nf], work) as (prefix, env):
+        feeding_gcs = pipeline_run(
+            prefix,
+            trivial,
+            os.path.join(work, f"trivial_gcs_{stamp}"),
+            batch,
+            env,
+            cores=pipeline_cores,
+        )
     lite0 = lite0_runs(folders[n], work, stamp, batch) if "lite0" in models else None
     decoders = decoder_rates(work)
     fastest = {size: max(rates.values()) for size, rates in decoders.items()}
@@ -274,6 +326,7 @@ def main(argv=None) -> None:
     report = {
         "machine": f"{platform.node()} {cores} cores {platform.processor()}".strip(),
         "n": n,
+        "n_feeding": nf,
         "batch_size": batch,
         "bare_rate": bare["rate"],
         "bare_load_s": bare["load_s"],
@@ -283,7 +336,13 @@ def main(argv=None) -> None:
         "pipeline": {str(size): r for size, r in runs.items()},
         "feeding_rate": feeding["steady_rate"],
         "feeding_rate_per_core": feeding["steady_rate"] / cores,
+        "feeding_cores_vs_gcs": len(pipeline_cores),
+        "feeding_rate_local_on_those_cores": feeding_local_pinned["steady_rate"],
         "feeding_rate_gcs_50ms": feeding_gcs["steady_rate"],
+        "feeding_cpu_per_image_ms_local_vs_gcs": [
+            feeding_local_pinned["steady_cpu_per_image_ms"],
+            feeding_gcs["steady_cpu_per_image_ms"],
+        ],
         "feeding_rate_large_per_core": feeding_large["steady_rate"] / cores,
         "feeding_cpu_per_image_ms": feeding["steady_cpu_per_image_ms"],
         "feeding_cores_used": feeding["steady_cores_used"],
@@ -291,7 +350,9 @@ def main(argv=None) -> None:
         "ratio_decode_cpu_vs_feeding_cpu": decode_cpu_ms / feeding["steady_cpu_per_image_ms"],
         "decoders_one_core": decoders,
         "decode_rate_adopted_per_core": kept,
-        "ratio_gcs_vs_local_feeding": feeding_gcs["steady_rate"] / feeding["steady_rate"],
+        "ratio_gcs_vs_local_feeding": (
+            feeding_gcs["steady_rate"] / feeding_local_pinned["steady_rate"]
+        ),
         "ratio_feeding_vs_decode_500x375": feeding["steady_rate"] / cores / kept["500x375"],
         "ratio_feeding_vs_decode_large": feeding_large["steady_rate"] / cores / kept["3000x2250"],
         "ratio_steady": main_run["steady_rate"] / bare["rate"],
@@ -300,6 +361,7 @@ def main(argv=None) -> None:
     }
     if not args.no_memory:
         report["memory_ratio_10x"] = runs[10 * n]["peak_rss_mib"] / main_run["peak_rss_mib"]
+        report["ratio_steady_10x"] = runs[10 * n]["steady_rate"] / bare["rate"]
     if lite0 is not None:
         report["lite0"] = lite0
     os.makedirs(RESULTS, exist_ok=True)
@@ -324,9 +386,13 @@ def main(argv=None) -> None:
             (f"pipeline N={size}: peak RSS (MiB)", r["peak_rss_mib"]),
         ]
     rows += [
-        ("feeding: pipeline with a near-zero model, steady (images/s)", feeding["steady_rate"]),
+        (f"feeding N={nf}: near-zero model, steady (images/s)", feeding["steady_rate"]),
         ("feeding per core (images/s)", report["feeding_rate_per_core"]),
-        ("feeding from gs://, 50 ms per request, steady (images/s)", feeding_gcs["steady_rate"]),
+        (
+            f"feeding on {len(pipeline_cores)} core(s) from local disk (images/s)",
+            feeding_local_pinned["steady_rate"],
+        ),
+        ("feeding on the same from gs://, 50 ms per request", feeding_gcs["steady_rate"]),
         ("feeding 3000x2250 photos per core (images/s)", report["feeding_rate_large_per_core"]),
         ("decode+resize 500x375, adopted decoder, one core", kept["500x375"]),
         ("decode+resize 3000x2250, adopted decoder, one core", kept["3000x2250"]),
@@ -340,6 +406,7 @@ def main(argv=None) -> None:
         ("ratio CPU per image decode / feeding", report["ratio_decode_cpu_vs_feeding_cpu"]),
         ("ratio feeding per core / decode, 3000x2250", report["ratio_feeding_vs_decode_large"]),
         ("ratio steady state pipeline/bare", report["ratio_steady"]),
+        *([] if args.no_memory else [("ratio steady state 10xN/bare", report["ratio_steady_10x"])]),
         ("ratio end to end (N/bare rate)/whole process", report["ratio_end_to_end"]),
         ("ratio simple script/pipeline whole process", report["ratio_vs_simple_script"]),
     ]
