@@ -1,7 +1,8 @@
 """Stage 2 in Beam: URI -> (uri, uint8 image), or a tagged error row (stage read or decode).
 
-Reads (transforms/reader.py) run many at a time on their own threads, decoding on about one
-thread per core; both pools and the bytes-in-flight budget are shared by the process.
+Reads (transforms/reader.py; gs:// in transforms/gcs_reads.py) run many at a time on their own
+threads, decoding on about one thread per core; both pools and the bytes-in-flight budget are
+shared by the process.
 """
 
 from __future__ import annotations
