@@ -270,7 +270,7 @@ def main(argv=None) -> None:
     stamp = int(time.time())
 
     _, _, bare_out = run_child(
-        [sys.executable, "-m", "benchmarks.bare_model", model, str(batch), "8"]
+        [sys.executable, "-m", "benchmarks.bare_model", model, str(batch), "16"]
     )
     bare = json.loads(bare_out.strip().splitlines()[0])
     photos = sorted(os.path.join(folders[n], f) for f in os.listdir(folders[n]))

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from tests.savedmodels import expected_probe_logits
-from transforms.model import ImageClassifierHandler, copy_model_locally, is_remote_file_uri
+from transforms.model import (
+    TF_ALIGN,
+    ImageClassifierHandler,
+    as_tensor,
+    copy_model_locally,
+    is_remote_file_uri,
+    stack_aligned,
+)
 
 
 def test_handler_scales_uint8_to_unit_range(probe_model):
@@ -16,6 +23,28 @@ def test_handler_scales_uint8_to_unit_range(probe_model):
     assert len(results) == 3
     for image, result in zip(batch, results, strict=True):
         np.testing.assert_allclose(result.inference, expected_probe_logits(image), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 3), (300, 300, 3)])
+def test_batches_are_stacked_on_tensorflow_s_alignment(shape):
+    rng = np.random.default_rng(2)
+    for count in (1, 3, 32):
+        batch = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(count)]
+        stacked = stack_aligned(batch)
+        assert stacked.ctypes.data % TF_ALIGN == 0
+        assert stacked.flags.c_contiguous
+        np.testing.assert_array_equal(stacked, np.stack(batch))
+
+
+def test_an_aligned_batch_is_shared_with_tensorflow_and_a_misaligned_one_is_not():
+    batch = stack_aligned([np.zeros((4, 4, 3), np.uint8)] * 2)
+    tensor = as_tensor(batch)
+    batch[1, 2, 3, 0] = 9  # no copy: TensorFlow sees the change
+    assert int(tensor[1, 2, 3, 0]) == 9
+    raw = np.zeros(2 * 48 + TF_ALIGN + 1, np.uint8)
+    start = -raw.ctypes.data % TF_ALIGN + 1  # one byte past a boundary
+    misaligned = raw[start : start + 96].reshape(2, 4, 4, 3)
+    assert as_tensor(misaligned) is misaligned  # left for TensorFlow to copy
 
 
 def test_handler_batches_at_the_configured_size(probe_model):
