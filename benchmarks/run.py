@@ -31,9 +31,9 @@ import pyarrow.dataset as ds
 
 from benchmarks.decoders import LARGE
 from benchmarks.workload import build_b3, build_trivial, make_photos
+from transforms.model import LITE0
 from transforms.preprocess import decode_and_resize
 
-LITE0 = "efficientnet-lite0"  # the built-in real model, --model efficientnet-lite0
 ADOPTED = "simplejpeg >=2x + pillow resize (adopted)"  # the one transforms/preprocess.py runs
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

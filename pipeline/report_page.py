@@ -49,12 +49,7 @@ def thumbnail_uri(uri: str, size: int = 160) -> str | None:
 
     try:
         # The job's own bounded reads: a file swapped since for a FIFO or a huge one is refused.
-        path, budget = reader.local_path(uri), reader.ByteBudget(most)
-        data = (
-            reader.read_local(path, most, budget)
-            if path is not None
-            else reader.read_beam(uri, most, budget)
-        )
+        data = reader.read_bounded(uri, most, reader.ByteBudget(most))
         image = to_rgb(open_image(data))
         image.thumbnail((size, size))
         buffer = io.BytesIO()

@@ -6,8 +6,8 @@ python -m tests.gcs_servers PORT DATA_DIR LOG runs the emulator until stdin clos
 each request to LOG. With faults on, the server itself behaves more like GCS: every download
 takes at least 30 ms (so a run's reads spread over time, as against a real bucket), an object
 whose name contains "flaky" answers its first download with 503, one containing "forbidden"
-always answers 403. LatencyProxy adds a fixed delay to every request (benchmarks: a real
-bucket's time to first byte).
+always answers 403, one containing "corrupt" comes with a wrong x-goog-hash. LatencyProxy
+adds a fixed delay to every request (benchmarks: a real bucket's time to first byte).
 """
 
 from __future__ import annotations

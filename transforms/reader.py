@@ -136,6 +136,16 @@ def read_local(path: str, max_bytes: int, budget: ByteBudget) -> bytes:
     return data
 
 
+def read_bounded(uri: str, max_bytes: int, budget: ByteBudget) -> bytes:
+    """Any URI but gs:// (transforms/gcs_reads.py): a local path or file: URI with read_local,
+    any other Beam filesystem with read_beam; on return len(result) bytes are held in
+    `budget`."""
+    path = local_path(uri)
+    if path is not None:
+        return read_local(path, max_bytes, budget)
+    return read_beam(uri, max_bytes, budget)
+
+
 def read_beam(uri: str, max_bytes: int, budget: ByteBudget) -> bytes:
     """Any other Beam filesystem (s3://, hdfs://, ...): its size from a match, then a
     bounded read; on return len(result) bytes are held in `budget`."""
