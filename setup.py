@@ -9,8 +9,10 @@ setuptools.setup(
     name="beam-image-labeler",
     version="0.1.0",
     description="Label images offline with EfficientNet-B3 on Apache Beam.",
-    packages=["pipeline", "transforms"],
-    package_data={"transforms": ["data/*.txt"]},
+    packages=setuptools.find_packages(
+        include=["pipeline", "pipeline.*", "transforms", "transforms.*"]
+    ),
+    package_data={"transforms.models": ["data/*.txt"]},
     include_package_data=True,
     install_requires=REQUIREMENTS,
     # datetime.UTC: 3.11 at least; tests/test_runners.py keeps it equal to .python-version

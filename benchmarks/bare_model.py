@@ -15,7 +15,7 @@ import numpy as np
 
 def main(model: str, batch_size: int, batches: int, size: int = 300) -> None:
     started = time.perf_counter()
-    from transforms.model import ImageClassifierHandler
+    from transforms.models.handler import ImageClassifierHandler
 
     call = ImageClassifierHandler(model, image_size=size, batch_size=batch_size).load_model()
     loaded = time.perf_counter()

@@ -1,5 +1,5 @@
 """Decode+resize candidates for JPEG photos, timed on one core, and the labels they give:
-the measurements behind transforms/preprocess.py's JPEG path (benchmarks.run calls this).
+the measurements behind transforms/images.py's JPEG path (benchmarks.run calls this).
 
     taskset -c 0 .venv/bin/python -m benchmarks.decoders [--extra_path DIR] [--agreement N]
 
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from benchmarks.workload import make_photos
-from transforms import preprocess
+from transforms import images as image_ops
 
 LARGE = (3000, 2250)  # what a 7-megapixel camera or phone writes
 
@@ -44,11 +44,11 @@ def simplejpeg_floor(floor: int) -> Callable[[bytes, int], np.ndarray]:
     """The adopted path with another DCT floor (1: decode down to the target side itself)."""
 
     def decode(data: bytes, size: int) -> np.ndarray:
-        saved, preprocess.DCT_FLOOR = preprocess.DCT_FLOOR, floor
+        saved, image_ops.DCT_FLOOR = image_ops.DCT_FLOOR, floor
         try:
-            return preprocess.decode_and_resize(data, size)
+            return image_ops.decode_and_resize(data, size)
         finally:
-            preprocess.DCT_FLOOR = saved
+            image_ops.DCT_FLOOR = saved
 
     return decode
 
@@ -58,7 +58,7 @@ def opencv_reduced(data: bytes, size: int) -> np.ndarray:
     import cv2
 
     height, width = Image.open(io.BytesIO(data)).size[::-1]
-    scale = preprocess.dct_scale(width, height, size)
+    scale = image_ops.dct_scale(width, height, size)
     flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag.get(scale, cv2.IMREAD_REDUCED_COLOR_8))
     small = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
@@ -69,7 +69,7 @@ def tensorflow_decode(data: bytes, size: int) -> np.ndarray:
     import tensorflow as tf
 
     height, width = Image.open(io.BytesIO(data)).size[::-1]
-    rgb = tf.io.decode_jpeg(data, channels=3, ratio=preprocess.dct_scale(width, height, size))
+    rgb = tf.io.decode_jpeg(data, channels=3, ratio=image_ops.dct_scale(width, height, size))
     resized = tf.image.resize(rgb, (size, size), antialias=True)
     return tf.cast(tf.round(resized), tf.uint8).numpy()
 
@@ -77,7 +77,7 @@ def tensorflow_decode(data: bytes, size: int) -> np.ndarray:
 def candidates() -> dict[str, Callable[[bytes, int], np.ndarray]]:
     found = {
         "pillow (before)": pillow_reference,
-        "simplejpeg >=2x + pillow resize (adopted)": preprocess.decode_and_resize,
+        "simplejpeg >=2x + pillow resize (adopted)": image_ops.decode_and_resize,
         "simplejpeg >=1x + pillow resize": simplejpeg_floor(1),
     }
     try:
@@ -133,9 +133,9 @@ def agreement(datas: list[bytes], size: int, fns: dict[str, Callable]) -> dict[s
     is the same after each candidate as after the reference."""
     import tensorflow as tf
 
-    from transforms.lite0 import lite0_saved_model
+    from transforms.models.catalog import LITE0, locate
 
-    model = tf.saved_model.load(lite0_saved_model())
+    model = tf.saved_model.load(locate(LITE0))
     reference = top1(model, [pillow_reference(d, size) for d in datas])
     return {
         name: float(np.mean(top1(model, [fn(d, size) for d in datas]) == reference))

@@ -31,10 +31,10 @@ import pyarrow.dataset as ds
 
 from benchmarks.decoders import LARGE
 from benchmarks.workload import build_b3, build_trivial, make_photos
-from transforms.model import LITE0
-from transforms.preprocess import decode_and_resize
+from transforms.images import decode_and_resize
+from transforms.models.catalog import LITE0, NATIVE_SIZES, locate
 
-ADOPTED = "simplejpeg >=2x + pillow resize (adopted)"  # the one transforms/preprocess.py runs
+ADOPTED = "simplejpeg >=2x + pillow resize (adopted)"  # the one transforms/images.py runs
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -212,11 +212,9 @@ def slow_bucket(photos: str, work: str, delay: float = 0.05):
 def lite0_runs(photos: str, work: str, stamp: int, batch: int) -> dict:
     """The built-in efficientnet-lite0 (real weights, 224x224): bare on pre-decoded batches
     and the pipeline on the same photos, as for B3."""
-    from transforms.lite0 import lite0_saved_model
-    from transforms.model import BUILTIN_IMAGE_SIZES
 
-    size = BUILTIN_IMAGE_SIZES[LITE0]
-    bare_cmd = [sys.executable, "-m", "benchmarks.bare_model", lite0_saved_model()]
+    size = NATIVE_SIZES[LITE0]
+    bare_cmd = [sys.executable, "-m", "benchmarks.bare_model", locate(LITE0)]
     _, _, out = run_child([*bare_cmd, str(batch), "20", str(size)])
     bare = json.loads(out.strip().splitlines()[0])
     run = pipeline_run(photos, LITE0, os.path.join(work, f"out_lite0_{stamp}"), batch)

@@ -5,38 +5,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import sys
 import uuid
 from collections.abc import Iterable
 
-from apache_beam.io.filesystems import FileSystems
-
-from pipeline.options import LabelerOptions
-from transforms import sink
-from transforms.decode import MB
-from transforms.inputs import InputError, check_manifest, check_pattern, normalize_uri
-from transforms.labels import load_labels
-from transforms.model import (
-    BUILTIN_IMAGE_SIZES,
-    DEFAULT_MODEL,
-    FALLBACK_MODEL,
-    BuiltinModelError,
-    check_label_count,
-    is_builtin_model,
-    is_remote_file_uri,
-    resolve_model_dir,
-    saved_model_outputs,
-    use_lasting_hub_cache,
-)
-from transforms.preprocess import MAX_IMAGE_SIZE
+from pipeline.options import CPU_BATCH, GPU_BATCH, LabelerOptions
+from transforms.images import MAX_IMAGE_SIZE
+from transforms.inputs import InputError, check_manifest, check_pattern
+from transforms.models.catalog import ModelError, choose_model, is_builtin_model, native_size
+from transforms.models.labels import load_labels
+from transforms.output import PartFileError, check_partitions, output_prefixes, probe_writable
+from transforms.storage.bounded import MB
+from transforms.storage.uris import gcs_buckets, normalize_uri
 
 
 class ConfigError(ValueError):
     """A bad option: the message says what is wrong and what to do."""
-
-
-class ModelDownloadError(ConfigError):
-    """A TF Hub handle could not be downloaded (no network, TF Hub away)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,83 +44,7 @@ class Config:
     max_error_ratio: float
 
 
-def check_model(handle: str, num_labels: int) -> None:
-    """Built-in names must be ready (converted once into the user's cache); http(s) handles
-    must be fetchable; gs:// and local paths must hold a SavedModel (saved_model.pb and
-    variables/); its outputs, where saved_model.pb states them, must match the labels."""
-    model_dir = handle
-    if is_builtin_model(handle):
-        try:
-            model_dir = resolve_model_dir(handle)  # converts on first use, then reuses
-        except BuiltinModelError as e:
-            raise ConfigError(str(e)) from None
-    elif FileSystems.get_scheme(handle) in ("http", "https"):
-        import tensorflow_hub as hub
-
-        use_lasting_hub_cache()
-        try:
-            # Downloads into TFHUB_CACHE_DIR once; later runs (and the workers here) reuse it.
-            model_dir = hub.resolve(handle)
-        except Exception as e:  # any failure means the same to the user
-            raise ModelDownloadError(
-                f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
-                "the SavedModel where the internet is reachable, copy it here or to gs://, "
-                "and pass --model /path/to/saved_model_dir (README 'Models')"
-            ) from e
-    elif not is_remote_file_uri(handle) and not os.path.isdir(handle):
-        raise ConfigError(f"--model {handle} does not exist; pass a SavedModel directory")
-    root = model_dir.rstrip("/")
-    if not FileSystems.exists(FileSystems.join(root, "saved_model.pb")):
-        raise ConfigError(
-            f"--model {handle} is not a SavedModel directory (no saved_model.pb in it)"
-        )
-    if not FileSystems.exists(FileSystems.join(root, "variables", "variables.index")):
-        raise ConfigError(
-            f"--model {handle} is an incomplete SavedModel (no variables/variables.index in "
-            "it); copy the whole SavedModel folder, variables/ included"
-        )
-    try:
-        outputs = saved_model_outputs(model_dir)
-    except Exception as e:  # not a protobuf, or not a SavedModel's
-        reason = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(
-            f"--model {handle}: saved_model.pb is not a readable SavedModel "
-            f"({type(e).__name__}: {reason})"
-        ) from None
-    if outputs is not None:
-        try:
-            check_label_count(handle, outputs, num_labels)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-
-def choose_model(given: str | None, num_labels: int) -> str:
-    """--model as given, checked; without --model, EfficientNet-B3 from TF Hub, or where TF
-    Hub cannot be reached, the built-in EfficientNet-Lite0, said in one line on stderr."""
-    if given:
-        check_model(given, num_labels)
-        return given
-    try:
-        check_model(DEFAULT_MODEL, num_labels)
-        return DEFAULT_MODEL
-    except ModelDownloadError:
-        pass
-    print(
-        f"TF Hub cannot be reached: labelling with the built-in {FALLBACK_MODEL} instead of "
-        "EfficientNet-B3 (pass --model to choose; README 'Models')",
-        file=sys.stderr,
-    )
-    check_model(FALLBACK_MODEL, num_labels)
-    return FALLBACK_MODEL
-
-
-DEFAULT_IMAGE_SIZE = 300  # EfficientNet-B3's input side
-CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
 GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up
-
-
-def gcs_buckets(uris: Iterable[str | None]) -> list[str]:
-    return sorted({u[5:].split("/")[0] for u in uris if u and u.startswith("gs://")})
 
 
 def gcs_client():
@@ -191,22 +98,22 @@ def check_inputs(patterns: list[str], manifest: str | None, output: str, date: s
     """Everything the run reads besides the model, before any work: each pattern matches files
     (not a folder) outside the run's own output, the manifest is whole and lists URIs, and the
     date's existing partition files (read to skip what is done) are readable Parquet. The
-    checks themselves live beside the readers (transforms.inputs, transforms.sink)."""
+    checks themselves live beside the readers (transforms.inputs, transforms.output)."""
     if not patterns and not manifest:
         raise ConfigError("no input: pass --input PATTERN and/or --input_manifest PATH")
     try:
         for pattern in patterns:
-            check_pattern(pattern, exclude=sink.output_prefixes(output))
+            check_pattern(pattern, exclude=output_prefixes(output))
         if manifest:
             check_manifest(manifest)
-        sink.check_partitions(output, date)
-    except (InputError, sink.PartFileError) as e:
+        check_partitions(output, date)
+    except (InputError, PartFileError) as e:
         raise ConfigError(str(e)) from None
 
 
 def check_writable(output: str, run_id: str) -> None:
     try:
-        sink.probe_writable(output, run_id)
+        probe_writable(output, run_id)
     except Exception as e:  # permissions, a file in the way, no space
         raise ConfigError(f"--output {output} cannot be written to ({e})") from e
 
@@ -232,9 +139,12 @@ def check_storage_and_model(config: Config) -> Config:
     the model and its image size settled."""
     check_buckets([*config.inputs, config.manifest, config.output, config.model])
     check_inputs(list(config.inputs), config.manifest, config.output, config.date)
-    model = choose_model(config.model, len(config.labels))
+    try:
+        model = choose_model(config.model, len(config.labels))
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
     check_writable(config.output, config.run_id)
-    image_size = config.image_size or BUILTIN_IMAGE_SIZES.get(model, DEFAULT_IMAGE_SIZE)
+    image_size = config.image_size or native_size(model)
     return dataclasses.replace(config, model=model, image_size=image_size)
 
 

@@ -9,10 +9,10 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline.config import Config
-from transforms import sink
-from transforms.decode import ReadAndDecode
+from transforms.feed import ReadAndDecode
 from transforms.inputs import KeepNew, ListInputs
-from transforms.model import ImageClassifierHandler
+from transforms.models.handler import ImageClassifierHandler
+from transforms.output import ExistingUris, WritePartition
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
 from transforms.vocabulary import ERRORS, PREDICTIONS
@@ -39,7 +39,7 @@ def model_handler(config: Config) -> KeyedModelHandler:
 def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
     wanted = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest, config.output)
     if config.skip_existing:
-        done = pipeline | "ExistingOutput" >> sink.ExistingUris(config.output, config.date)
+        done = pipeline | "ExistingOutput" >> ExistingUris(config.output, config.date)
     else:
         done = pipeline | "NothingDone" >> beam.Create([]).with_output_types(str)
     # The reshuffle (strings only) ends the stage here: every new URI is counted, so the
@@ -66,7 +66,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
     errors = (decoded[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
 
     def write(kind, schema):
-        return sink.WritePartition(config.output, kind, config.date, config.run_id, schema)
+        return WritePartition(config.output, kind, config.date, config.run_id, schema)
 
     _ = predictions | "WritePredictions" >> write(PREDICTIONS, PREDICTION_SCHEMA)
     _ = errors | "WriteErrors" >> write(ERRORS, ERROR_SCHEMA)

@@ -9,14 +9,16 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.decode import (
+from pipeline import exit_status
+from transforms.feed import (
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_OBJECT_BYTES,
     DEFAULT_READ_CONCURRENCY,
-    MB,
 )
-from transforms.labels import DEFAULT_LABELS
-from transforms.preprocess import MAX_IMAGE_SIZE
+from transforms.images import MAX_IMAGE_SIZE
+from transforms.models.catalog import DEFAULT_MODEL, LITE0, NATIVE_SIZES
+from transforms.models.labels import DEFAULT_LABELS
+from transforms.storage.bounded import MB
 
 
 def parse_bool(text: str) -> bool:
@@ -33,6 +35,14 @@ def add_switch(parser, flag: str, default: bool, help: str) -> None:
     parser.add_argument(
         flag, nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL", help=help
     )
+
+
+CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
+
+
+def native_sizes() -> str:
+    names = {DEFAULT_MODEL: "B3", LITE0: "Lite0"}
+    return ", ".join(f"{size} for {names.get(m, m)}" for m, size in NATIVE_SIZES.items())
 
 
 class LabelerOptions(PipelineOptions):
@@ -78,37 +88,37 @@ class LabelerOptions(PipelineOptions):
             "ImageNet-1k names).",
         )
         parser.add_argument(
-            "--top_k", type=int, default=5, help="Labels kept per image (default 5)."
+            "--top_k", type=int, default=5, help="Labels kept per image (default %(default)s)."
         )
         parser.add_argument(
             "--image_size",
             type=int,
             default=None,
             help="Square input size the images are resized to, at most "
-            f"{MAX_IMAGE_SIZE} (default: the model's own, 300 for B3, 224 for Lite0).",
+            f"{MAX_IMAGE_SIZE} (default: the model's own, {native_sizes()}).",
         )
         parser.add_argument(
             "--batch_size",
             type=int,
             default=None,
-            help="Images per model call (default 32 on CPU, 64 with --require_gpu: a GPU "
-            "wants larger batches).",
+            help=f"Images per model call (default {CPU_BATCH} on CPU, {GPU_BATCH} with "
+            "--require_gpu: a GPU wants larger batches).",
         )
         parser.add_argument(
             "--read_concurrency",
             type=int,
             default=DEFAULT_READ_CONCURRENCY,
             metavar="N",
-            help="Object reads in flight per worker process, apart from decoding (default 32, "
-            "sized for object storage's per-request latency).",
+            help="Object reads in flight per worker process, apart from decoding (default "
+            "%(default)s, sized for object storage's per-request latency).",
         )
         parser.add_argument(
             "--max_inflight_mb",
             type=float,
             default=DEFAULT_MAX_INFLIGHT_BYTES / MB,
             metavar="MB",
-            help="Bytes of read but not yet decoded images per worker process (default 256): "
-            "memory stays flat whatever the object sizes.",
+            help="Bytes of read but not yet decoded images per worker process (default "
+            "%(default)g): memory stays flat whatever the object sizes.",
         )
         parser.add_argument(
             "--max_object_mb",
@@ -116,7 +126,7 @@ class LabelerOptions(PipelineOptions):
             default=DEFAULT_MAX_OBJECT_BYTES / MB,
             metavar="MB",
             help="Objects larger than this are refused from their size, unread, as 'too large' "
-            "read errors (default 100).",
+            "read errors (default %(default)g).",
         )
         parser.add_argument(
             "--max_error_ratio",
@@ -124,8 +134,8 @@ class LabelerOptions(PipelineOptions):
             default=0.05,
             metavar="RATIO",
             help="Exit with status 3 (after writing everything) when more than this share of "
-            "the run's images failed (default 0.05; 1 never fails on errors alone; a run where "
-            "every image failed always exits 3).",
+            "the run's images failed (default %(default)g; 1 never fails on errors alone; a run "
+            "where every image failed always exits 3).",
         )
         add_switch(
             parser,
@@ -154,8 +164,8 @@ class LabelerOptions(PipelineOptions):
             type=float,
             default=10.0,
             metavar="SECONDS",
-            help="Seconds between progress lines when stderr is not a terminal (default 10); "
-            "on a terminal the line is refreshed in place.",
+            help="Seconds between progress lines when stderr is not a terminal (default "
+            "%(default)g); on a terminal the line is refreshed in place.",
         )
         parser.add_argument(
             "--date",
@@ -186,8 +196,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         description="Label images with EfficientNet on Apache Beam; predictions and errors are "
         "written as date-partitioned Parquet.",
         epilog="Any Beam pipeline option (--runner, --project, --labels for Dataflow job "
-        "labels, ...) is accepted too; the runner defaults to DirectRunner. Exit status: 0 done, "
-        "2 a bad option, 3 too many images failed, 4 output not written, 130/143 interrupted.",
+        "labels, ...) is accepted too; the runner defaults to DirectRunner. Exit status: "
+        f"{exit_status.describe()}.",
     )
     LabelerOptions._add_argparse_args(parser)
     ours = list(parser._actions)

@@ -21,12 +21,12 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipeline import summary
+from pipeline import exit_status, summary
 from pipeline.config import Config, ConfigError, prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
-from transforms import sink
+from transforms.output import committed_rows, remove_temp
 from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 
@@ -63,7 +63,7 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
 
 
 def committed(config: Config) -> dict[str, int]:
-    return {k: sink.committed_rows(config.output, k, config.date, config.run_id) for k in KINDS}
+    return {k: committed_rows(config.output, k, config.date, config.run_id) for k in KINDS}
 
 
 def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
@@ -81,7 +81,7 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
         pipeline.run()
         staged = options.view_as(GoogleCloudOptions).template_location
         print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
-        return summary.OK, False
+        return exit_status.OK, False
     in_process = runs_in_this_process(options)
     printer = None
     if not config.quiet and in_process:
@@ -100,15 +100,15 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
             "the same command again to resume: what is kept is not labelled twice.",
             file=sys.stderr,
         )
-        return summary.INTERRUPTED[stop.signal_name], in_process
+        return exit_status.INTERRUPTED[stop.signal_name], in_process
     finally:
         if printer:
             printer.stop()
     counts = summary.counters(result)
     written = committed(config)
     status, why = summary.outcome(counts, written, config.max_error_ratio)
-    if status != summary.OUTPUT_LOST:
-        sink.remove_temp(config.output, config.run_id)
+    if status != exit_status.OUTPUT_LOST:
+        remove_temp(config.output, config.run_id)
     print(summary.summarize(counts, written, config, time.monotonic() - started), file=sys.stderr)
     if why:
         print(f"{prog_name()}: error: {why}", file=sys.stderr)
@@ -151,10 +151,10 @@ def main() -> None:
         status, in_process = run()
     except ConfigError as e:
         print(f"{prog_name()}: error: {e}", file=sys.stderr)
-        status = summary.BAD_OPTION
+        status = exit_status.BAD_OPTION
     except Stopped as e:
         print(f"{prog_name()}: stopped before any work; nothing was written", file=sys.stderr)
-        status = summary.INTERRUPTED[e.signal_name]
+        status = exit_status.INTERRUPTED[e.signal_name]
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -7,8 +7,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 from pipeline.config import Config
-from transforms import sink
+from pipeline.exit_status import OK, OUTPUT_LOST, TOO_MANY_ERRORS
 from transforms.metrics import NAMESPACE, REASON_PREFIX
+from transforms.output import partition_dir
 from transforms.vocabulary import ERRORS, PREDICTIONS, STAGES
 
 
@@ -58,14 +59,9 @@ def summarize(
         f"{f' ({detail})' if detail else ''}"
         f"{f', {skipped} already in the output' if skipped else ''}"
         f" in {seconds:.1f} s ({rate:.1f} images/s); "
-        f"predictions: {sink.partition_dir(config.output, PREDICTIONS, config.date)}, "
-        f"errors: {sink.partition_dir(config.output, ERRORS, config.date)}"
+        f"predictions: {partition_dir(config.output, PREDICTIONS, config.date)}, "
+        f"errors: {partition_dir(config.output, ERRORS, config.date)}"
     )
-
-
-# Exit statuses of the command (README "Exit status").
-OK, BAD_OPTION, TOO_MANY_ERRORS, OUTPUT_LOST = 0, 2, 3, 4
-INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: float):

@@ -6,7 +6,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.summary import failure_breakdown
 from tests.images import BAD_KINDS, bad_files
 from transforms import vocabulary as v
-from transforms.preprocess import decode_and_resize
+from transforms.images import decode_and_resize
 from transforms.rows import failure_row
 
 

@@ -12,19 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.runs import ROOT, cli, output_files, read_rows
-from transforms import sink
 from transforms.inputs import (
     InputError,
     check_manifest,
     glob_regex,
     manifest_uris,
     match_pattern,
-    normalize_uri,
     text_line,
     uris_from_text,
 )
+from transforms.output import PartFileError, check_partitions
 from transforms.printable import printable
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA, error_row
+from transforms.storage.uris import normalize_uri
 
 # Legal POSIX names a glob must list and the job must label under their own names.
 NAMES = ["x.jpg", "x.jpg ", " lead.jpg", "back\\slash.jpg", "a b#c%20.jpg", "ünï cödé 猫.jpg"]
@@ -285,8 +285,8 @@ def test_a_broken_partition_file_is_one_line_naming_it(
     make, message = BAD_PARTS[name]
     path = part_file(out, kind)
     make(path)
-    with pytest.raises(sink.PartFileError):
-        sink.check_partitions(str(out), DATE)
+    with pytest.raises(PartFileError):
+        check_partitions(str(out), DATE)
     line = start_up_error(label([f"--input={image_dir['root']}/*.png"], out, probe_model))
     assert f"error: {path} " in line and message in line
     assert "move it out of the partition" in line
@@ -302,4 +302,4 @@ def test_whole_partition_files_pass_the_check(tmp_path):
         pq.write_table(
             pa.Table.from_pylist([row] if row else [], schema=schema), part_file(out, kind)
         )
-    sink.check_partitions(str(out), DATE)  # raises if either were refused
+    check_partitions(str(out), DATE)  # raises if either were refused

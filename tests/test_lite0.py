@@ -14,16 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.config import ConfigError, check_model
 from tests.conftest import SAMPLES_DIR
 from tests.runs import cli, read_rows
-from transforms import lite0, torch_pickle
-from transforms.labels import load_labels
-from transforms.model import (
-    BuiltinModelError,
+from transforms.models import lite0, torch_pickle
+from transforms.models.catalog import (
+    LITE0,
+    NATIVE_SIZES,
+    ModelError,
+    check_model,
     is_builtin_model,
     resolve_model_dir,
+    user_cache_dir,
 )
+from transforms.models.labels import load_labels
 
 NAME = "efficientnet-lite0"
 SIZE = 224  # EfficientNet-Lite0's native input side, where the known values were measured
@@ -155,10 +158,11 @@ def test_without_model_and_tf_hub_the_run_falls_back_to_lite0_at_224(
 
 def test_builtin_name_resolves_to_the_cached_model(in_cache_home, model_dir):
     assert is_builtin_model(NAME) and not is_builtin_model("/models/" + NAME)
-    assert lite0.default_cache_root() == os.path.join(in_cache_home, "beam-image-labeler", "models")
+    assert user_cache_dir("models") == os.path.join(in_cache_home, "beam-image-labeler", "models")
+    assert LITE0 == lite0.NAME == NAME and NATIVE_SIZES[LITE0] == SIZE
     assert resolve_model_dir(NAME) == model_dir  # reused, not converted again
     check_model(NAME, 1000)
-    with pytest.raises(ConfigError, match="has 1000 outputs but the labels file has 10"):
+    with pytest.raises(ModelError, match="has 1000 outputs but the labels file has 10"):
         check_model(NAME, 10)
 
 
@@ -186,7 +190,7 @@ def test_tampered_weights_are_refused_before_unpickling(where, tmp_path, monkeyp
     unpickled = []
     monkeypatch.setattr(torch_pickle, "parse_state_dict", lambda data: unpickled.append(data))
     cache_root = tmp_path / "cache"
-    with pytest.raises(BuiltinModelError) as refused:
+    with pytest.raises(lite0.Lite0Error) as refused:
         lite0.lite0_saved_model(cache_root=str(cache_root), weights=tampered)
     message = str(refused.value)
     assert "does not match the pinned 579344248a93e230" in message
@@ -199,7 +203,7 @@ def test_check_model_reports_damaged_weights_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     tampered = tampered_copy(tmp_path, -1)
     monkeypatch.setattr(lite0, "weights_path", lambda: tampered)
-    with pytest.raises(ConfigError, match="does not match the pinned") as refused:
+    with pytest.raises(ModelError, match="does not match the pinned") as refused:
         check_model(NAME, 1000)
     assert "\n" not in str(refused.value)
     assert not (tmp_path / "empty-cache").exists()
@@ -266,12 +270,12 @@ def test_check_model_refuses_a_junk_saved_model_in_one_line(probe_model, tmp_pat
     junk = tmp_path / "junk"
     shutil.copytree(probe_model, junk)
     (junk / "saved_model.pb").write_bytes(b"\x00not a protobuf\xff" * 10)
-    with pytest.raises(ConfigError, match="saved_model.pb is not a readable SavedModel") as e:
+    with pytest.raises(ModelError, match="saved_model.pb is not a readable SavedModel") as e:
         check_model(str(junk), 1000)
     assert "\n" not in str(e.value)
     no_variables = tmp_path / "no_variables"
     shutil.copytree(probe_model, no_variables)
     shutil.rmtree(no_variables / "variables")
-    with pytest.raises(ConfigError, match="no variables/variables.index in it") as e:
+    with pytest.raises(ModelError, match="no variables/variables.index in it") as e:
         check_model(str(no_variables), 1000)
     assert "\n" not in str(e.value)

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from tests.savedmodels import expected_probe_logits
-from transforms.model import (
+from transforms.models.catalog import copy_model_locally
+from transforms.models.handler import (
     TF_ALIGN,
     ImageClassifierHandler,
     as_tensor,
-    copy_model_locally,
-    is_remote_file_uri,
     stack_aligned,
 )
+from transforms.storage.uris import is_remote_file_uri
 
 
 def test_handler_scales_uint8_to_unit_range(probe_model):
@@ -86,7 +86,7 @@ def test_require_gpu_stops_at_load_without_a_gpu(probe_model):
 def test_tf_hub_downloads_go_to_a_lasting_user_cache(monkeypatch, tmp_path):
     from tensorflow_hub import resolver
 
-    from transforms.model import use_lasting_hub_cache
+    from transforms.models.catalog import use_lasting_hub_cache
 
     monkeypatch.delenv("TFHUB_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.images import BAD_KINDS, BAD_REASONS, bad_files, encode, jpeg_with_orientation, quadrants
-from transforms.preprocess import DecodeError, decode_and_resize
+from transforms.images import DecodeError, decode_and_resize
 
 
 def test_output_is_uint8_rgb_of_requested_size():

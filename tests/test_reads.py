@@ -19,10 +19,10 @@ from PIL import Image
 
 from tests.images import encode
 from tests.runs import ROOT, read_rows
-from transforms import reader
 from transforms import vocabulary as v
-
-MB = 1 << 20
+from transforms.storage import bounded, local
+from transforms.storage.bounded import MB
+from transforms.storage.uris import local_path
 
 
 def cli_with_peak_rss(*args: str, timeout: int = 180) -> tuple[int, str, int]:
@@ -155,10 +155,10 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path):
     thread = threading.Thread(target=writer)
     thread.start()
     time.sleep(0.3)  # the writer is waiting in open() by now
-    budget = reader.ByteBudget(MB)
+    budget = bounded.ByteBudget(MB)
     try:
         with pytest.raises(v.ImageError) as raised:
-            reader.read_local(fifo, MB, budget)
+            local.read_local(fifo, MB, budget)
         assert not opened.wait(0.5), "the read opened the FIFO"
     finally:
         unblock = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer finish
@@ -178,7 +178,7 @@ def test_reads_stop_one_byte_past_the_limit_whatever_the_size_said(tmp_path):
             return f.read(n)
 
         with pytest.raises(v.ImageError) as raised:
-            reader.read_at_most(read, 10, 3 * MB, "/dev/zero")
+            bounded.read_at_most(read, 10, 3 * MB, "/dev/zero")
     assert raised.value.reason == v.TOO_LARGE
     assert sum(asked) == 3 * MB + 1
 
@@ -187,7 +187,7 @@ def test_a_file_that_grows_past_its_stat_size_is_read_whole(tmp_path):
     path = tmp_path / "grew.bin"
     path.write_bytes(b"x" * 5 * MB)
     with open(path, "rb", buffering=0) as f:
-        data = reader.read_at_most(f.read, 100, 10 * MB, str(path))
+        data = bounded.read_at_most(f.read, 100, 10 * MB, str(path))
     assert len(data) == 5 * MB
 
 
@@ -196,7 +196,7 @@ def test_file_kinds_of_real_special_files(tmp_path, unix_socket):
     unix_socket(str(tmp_path / "sock"))
     (tmp_path / "file").write_bytes(b"1")
     kinds = {
-        name: reader.file_kind(os.stat(path).st_mode)
+        name: local.file_kind(os.stat(path).st_mode)
         for name, path in {
             "fifo": tmp_path / "fifo",
             "sock": tmp_path / "sock",
@@ -216,15 +216,15 @@ def test_file_kinds_of_real_special_files(tmp_path, unix_socket):
 
 
 def test_local_path_of_each_scheme():
-    assert reader.local_path("/a/b c.jpg") == "/a/b c.jpg"
-    assert reader.local_path("file:///a/b%20c.jpg") == "/a/b c.jpg"
-    assert reader.local_path("gs://bucket/x.jpg") is None
-    assert reader.local_path("s3://bucket/x.jpg") is None
-    assert reader.local_path("/odd/name://x.jpg") == "/odd/name://x.jpg"
+    assert local_path("/a/b c.jpg") == "/a/b c.jpg"
+    assert local_path("file:///a/b%20c.jpg") == "/a/b c.jpg"
+    assert local_path("gs://bucket/x.jpg") is None
+    assert local_path("s3://bucket/x.jpg") is None
+    assert local_path("/odd/name://x.jpg") == "/odd/name://x.jpg"
 
 
 def test_byte_budget_waits_for_room_and_lets_one_oversized_read_through():
-    budget = reader.ByteBudget(100)
+    budget = bounded.ByteBudget(100)
     budget.acquire(500)  # larger than the limit, but nothing else is held
     got = threading.Event()
     waiter = threading.Thread(target=lambda: (budget.acquire(10), got.set()))
@@ -260,7 +260,7 @@ def run_dofn(fn, uris: list[str]) -> list[tuple]:
 def test_many_reads_in_flight_give_every_uri_exactly_once(tmp_path, sample_jpeg):
     """200 reads, 16 at a time, a budget of 100 KB (about 3 photos): every URI comes out once,
     errors routed, and the bytes held never pass the budget by more than one photo."""
-    from transforms.decode import ReadAndDecode, acquire_feeder, release_feeder
+    from transforms.feed import ReadAndDecode, acquire_feeder
 
     uris = []
     for i in range(200):
@@ -271,12 +271,9 @@ def test_many_reads_in_flight_give_every_uri_exactly_once(tmp_path, sample_jpeg)
     uris.append(missing)
     settings = (16, 100_000, 10 * MB)
     feeder = acquire_feeder(*settings)  # held here too, to read its budget afterwards
-    try:
-        seen = run_dofn(ReadAndDecode(16, *settings), uris)
-        assert feeder.budget.used == 0
-        assert feeder.budget.peak <= 100_000 + len(sample_jpeg)
-    finally:
-        release_feeder(*settings)
+    seen = run_dofn(ReadAndDecode(16, *settings), uris)
+    assert feeder.budget.used == 0
+    assert feeder.budget.peak <= 100_000 + len(sample_jpeg)
     assert sorted(uri for _, uri, _ in seen) == sorted(uris)
     errors = {uri: (value["stage"], value["reason"]) for tag, uri, value in seen if tag}
     empty = {uri: (v.DECODE, v.EMPTY) for i, uri in enumerate(uris[:-1]) if i % 50 == 3}
@@ -285,17 +282,29 @@ def test_many_reads_in_flight_give_every_uri_exactly_once(tmp_path, sample_jpeg)
     assert all(image.shape == (16, 16, 3) and image.dtype == np.uint8 for image in images)
 
 
-def test_two_dofn_instances_share_one_feeder_per_process():
-    from transforms.decode import ReadAndDecode
+def test_dofn_copies_share_one_feeder_per_process_and_its_threads_end_with_it():
+    import gc
+    import pickle
 
-    a, b = ReadAndDecode(8, 4, MB, MB), ReadAndDecode(8, 4, MB, MB)
+    from transforms.feed import ReadAndDecode
+
+    dofn = ReadAndDecode(8, 4, MB, MB)
+    a, b = pickle.loads(pickle.dumps(dofn)), pickle.loads(pickle.dumps(dofn))  # as Beam copies
     a.setup()
     b.setup()
-    try:
-        assert a._feeder is b._feeder
-    finally:
-        a.teardown()
-        b.teardown()
+    assert a._feeder is b._feeder
+    feeder_threads = [t for t in threading.enumerate() if t.name.startswith(("read_", "decode_"))]
+    assert feeder_threads
+    a.teardown()
+    b.teardown()
+    dofn = ReadAndDecode(8, 5, MB, MB)  # another Feeder acquired: the old one is let go
+    dofn.setup()
+    dofn.teardown()
+    del dofn
+    gc.collect()
+    for thread in feeder_threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in feeder_threads)
 
 
 def noise_jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -365,7 +374,7 @@ def test_gcs_costs_one_request_per_object(gcs, bucket, probe_model, tmp_path, sa
 def test_workers_run_every_call_and_refuse_after_shutdown():
     import queue as queue_module
 
-    from transforms.decode import Workers
+    from transforms.feed import Workers
 
     workers = Workers(3, "test")
     done: queue_module.SimpleQueue = queue_module.SimpleQueue()

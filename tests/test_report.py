@@ -12,7 +12,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from pipeline.report_data import build_report
+from pipeline.report.data import build_report
 from tests.browser import Page
 from tests.runs import ROOT
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA, error_row, utc_now
@@ -234,8 +234,8 @@ def test_report_shows_hostile_text_literally_and_safely(image_dir, tmp_path):
 
 
 def test_report_chart_draws_class_names_literally():
-    from pipeline.report_data import Report
-    from pipeline.report_page import chart_png
+    from pipeline.report.data import Report
+    from pipeline.report.page import chart_png
 
     literal = Report([("d", 2, 0)], [(HOSTILE_LABELS[1], 2, 0.5)], [], [0.5, 0.5], [])
     assert Image.open(io.BytesIO(chart_png(literal))).format == "PNG"

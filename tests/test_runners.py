@@ -85,7 +85,7 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
     options = job["environment"]["sdkPipelineOptions"]["options"]
     assert job["labels"] == {"team": "vision"}
     assert options["labels_file"].endswith(
-        "transforms/data/imagenet_labels.txt"
+        "transforms/models/data/imagenet_labels.txt"
     )  # class names: default
     (pool,) = job["environment"]["workerPools"]
     experiments = job["environment"]["experiments"]
@@ -120,8 +120,9 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
         names = {re.sub(r"^[^/]+/", "", n) for n in tar.getnames()}
     for needed in [
         "pipeline/run.py",
-        "transforms/model.py",
-        "transforms/data/imagenet_labels.txt",
+        "transforms/models/handler.py",
+        "transforms/storage/gcs.py",
+        "transforms/models/data/imagenet_labels.txt",
         "requirements.txt",
     ]:
         assert needed in names
@@ -232,9 +233,15 @@ def test_dockerfile_build_steps_install_the_pinned_packages_and_this_code(tmp_pa
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    for module in ("pipeline/run.py", "transforms/lite0.py", "transforms/vocabulary.py"):
+    for module in (
+        "pipeline/run.py",
+        "pipeline/report/__main__.py",
+        "transforms/models/lite0.py",
+        "transforms/storage/uris.py",
+        "transforms/vocabulary.py",
+    ):
         assert module in names
-    assert "transforms/data/imagenet_labels.txt" in names
+    assert "transforms/models/data/imagenet_labels.txt" in names
     assert "label-images = pipeline.run:main" in entry_points
 
 

@@ -1,5 +1,6 @@
-"""Stage 1: file patterns and manifests -> the distinct image URIs to label; also the one home
-of what a pattern or a manifest may hold (config runs the same readers as start-up checks)."""
+"""The first stage: file patterns and manifests -> the distinct image URIs to label; also the
+one home of what a pattern or a manifest may hold (config runs the same readers as start-up
+checks)."""
 
 from __future__ import annotations
 
@@ -7,50 +8,22 @@ import csv
 import io
 import os
 import re
-import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import metrics, sink
+from transforms import metrics
+from transforms.output import output_prefixes
 from transforms.printable import error_line, printable
+from transforms.storage.uris import normalize_uri
 
 URI_COLUMN = "uri"
 
 
 class InputError(ValueError):
     """A pattern or manifest the job cannot use; the message names it and says why."""
-
-
-# --- URIs ----------------------------------------------------------------------------------
-
-# RFC 8089: file:/path, file:///path or file://localhost/path (the forms Path.as_uri() and
-# browsers write). Another host is left alone (it fails to read, as an error row).
-_FILE_URI = re.compile(r"(?i:file):(?://(?i:localhost)?(?=/)|(?!//))(?P<path>/.*)", re.DOTALL)
-
-
-def file_uri_path(uri: str) -> str | None:
-    """The local path a file: URI names, percent-escapes decoded as bytes (so UTF-8 escapes
-    give back the name Path.as_uri() encoded), or None if `uri` is not a local file: URI."""
-    found = _FILE_URI.fullmatch(uri)
-    if found is None:
-        return None
-    return os.fsdecode(urllib.parse.unquote_to_bytes(found["path"]))
-
-
-def normalize_uri(uri: str) -> str:
-    """The URI an input is labelled under. Kept exactly as given (no whitespace stripped),
-    except: a local file: URI becomes its path (see file_uri_path); a local path is made
-    absolute (os.path.abspath, after a leading ~ is expanded), so a file named two ways is
-    labelled once. Other schemes (gs://, ...) are kept as given."""
-    local = file_uri_path(uri)
-    if local is not None:
-        return os.path.abspath(local)
-    if FileSystems.get_scheme(uri) is not None:  # gs://, http://, file://otherhost/...
-        return uri
-    return os.path.abspath(os.path.expanduser(uri))
 
 
 # --- Patterns ------------------------------------------------------------------------------
@@ -278,7 +251,7 @@ class ListInputs(beam.PTransform):
         super().__init__()
         self._patterns = list(patterns)
         self._manifest = manifest
-        self._exclude = sink.output_prefixes(output) if output else ()
+        self._exclude = output_prefixes(output) if output else ()
 
     def expand(self, pipeline):
         sources = []

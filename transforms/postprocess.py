@@ -1,4 +1,5 @@
-"""Stage 4: model logits -> top-k prediction rows; failed inference batches -> error rows."""
+"""After RunInference: model logits -> top-k prediction rows; failed inference batches ->
+error rows."""
 
 from __future__ import annotations
 

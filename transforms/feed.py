@@ -1,8 +1,6 @@
-"""Stage 2 in Beam: URI -> (uri, uint8 image), or a tagged error row (stage read or decode).
-
-Reads (transforms/reader.py; gs:// in transforms/gcs_reads.py) run many at a time on their own
-threads, decoding on about one thread per core; both pools and the bytes-in-flight budget are
-shared by the process.
+"""Reads and decodes ahead of the model: URI -> (uri, uint8 image), or a tagged error row
+(stage read or decode). Reads (storage/) run many at a time on their own threads, decoding on
+about one thread per core; both pools and the bytes-in-flight budget are shared by the process.
 """
 
 from __future__ import annotations
@@ -10,18 +8,22 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.shared import Shared
 
-from transforms import gcs_reads, metrics, reader
+from transforms import metrics
 from transforms import vocabulary as v
-from transforms.preprocess import DEFAULT_MAX_PIXELS, decode_and_resize
+from transforms.images import DEFAULT_MAX_PIXELS, decode_and_resize
 from transforms.rows import failure_row
+from transforms.storage import bounded, gcs, local
+from transforms.storage.bounded import MB
+from transforms.storage.uris import is_gcs
 
-MB = 1 << 20
 DEFAULT_READ_CONCURRENCY = 32
 DEFAULT_MAX_INFLIGHT_BYTES = 256 * MB
 DEFAULT_MAX_OBJECT_BYTES = 100 * MB
@@ -88,29 +90,31 @@ class Feeder:
     def __init__(self, read_concurrency: int, max_inflight_bytes: int, max_object_bytes: int):
         self.read_concurrency = read_concurrency
         self.max_object_bytes = max_object_bytes
-        self.budget = reader.ByteBudget(max_inflight_bytes)
+        self.budget = bounded.ByteBudget(max_inflight_bytes)
         # What a read whose size is not announced holds until it is read.
         self.unknown_size = max(MB, max_inflight_bytes // read_concurrency)
         self.decode_threads = usable_cores()
         self._reads = Workers(read_concurrency, "read")
         self._decodes = Workers(self.decode_threads, "decode")
-        self._gcs: gcs_reads.GcsReader | None = None
+        self._gcs: gcs.GcsReader | None = None
         self._gcs_lock = threading.Lock()
+        # Once no ReadAndDecode holds it, its threads end (the threads hold only the pools).
+        weakref.finalize(self, shut_down, self._reads, self._decodes)
 
     def submit(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue) -> None:
         self._reads.submit(self._read, uri, image_size, max_pixels, done)
 
     def read_bytes(self, uri: str) -> bytes:
         """The object's bytes, held in the budget (the caller releases len(result))."""
-        if uri.startswith("gs://"):
+        if is_gcs(uri):
             gcs = self._gcs_reader()
             return gcs.read(uri, self.max_object_bytes, self.unknown_size, self.budget)
-        return reader.read_bounded(uri, self.max_object_bytes, self.budget)
+        return local.read_bounded(uri, self.max_object_bytes, self.budget)
 
-    def _gcs_reader(self) -> gcs_reads.GcsReader:
+    def _gcs_reader(self) -> gcs.GcsReader:
         with self._gcs_lock:
             if self._gcs is None:
-                self._gcs = gcs_reads.GcsReader(self.read_concurrency)
+                self._gcs = gcs.GcsReader(self.read_concurrency)
             return self._gcs
 
     def _read(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue):
@@ -135,35 +139,20 @@ class Feeder:
             del data
         done.put(out)
 
-    def shutdown(self) -> None:
-        self._reads.shutdown()
-        self._decodes.shutdown()
+
+def shut_down(*pools: Workers) -> None:
+    for pool in pools:
+        pool.shutdown()
 
 
-_FEEDERS: dict[tuple, list] = {}  # settings -> [Feeder, users]
-_FEEDERS_LOCK = threading.Lock()
+# The process's Feeder: Beam's per-process cache (RunInference keeps its model in one too),
+# tagged by the settings; it lives while a ReadAndDecode holds it.
+_FEEDER = Shared()
 
 
 def acquire_feeder(*settings: int) -> Feeder:
     """The process's Feeder for these settings, made on first use."""
-    with _FEEDERS_LOCK:
-        entry = _FEEDERS.setdefault(settings, [None, 0])
-        if entry[0] is None:
-            entry[0] = Feeder(*settings)
-        entry[1] += 1
-        return entry[0]
-
-
-def release_feeder(*settings: int) -> None:
-    """One user fewer; the last one shuts the Feeder down."""
-    with _FEEDERS_LOCK:
-        entry = _FEEDERS.get(settings)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            entry[0].shutdown()
-            del _FEEDERS[settings]
+    return _FEEDER.acquire(lambda: Feeder(*settings), tag=settings)
 
 
 class ReadAndDecode(beam.DoFn):
@@ -220,7 +209,7 @@ class ReadAndDecode(beam.DoFn):
             yield from self._take(block=True, wrap=windowed)
 
     def teardown(self):
-        release_feeder(*self._settings)
+        self._feeder = None  # the last holder gone, the Feeder's finaliser stops its threads
 
 
 def windowed(out: Output):

@@ -7,7 +7,7 @@ import base64
 import html
 import io
 
-from pipeline.report_data import Report
+from pipeline.report.data import Report
 from transforms.printable import printable
 
 
@@ -43,13 +43,13 @@ def chart_png(report: Report) -> bytes:
 
 def thumbnail_uri(uri: str, size: int = 160) -> str | None:
     """A JPEG data: URI of the image (any Beam filesystem), or None if it cannot be read."""
-    from transforms import reader
-    from transforms.decode import DEFAULT_MAX_OBJECT_BYTES as most
-    from transforms.preprocess import open_image, to_rgb
+    from transforms.feed import DEFAULT_MAX_OBJECT_BYTES as most
+    from transforms.images import open_image, to_rgb
+    from transforms.storage import bounded, local
 
     try:
         # The job's own bounded reads: a file swapped since for a FIFO or a huge one is refused.
-        data = reader.read_bounded(uri, most, reader.ByteBudget(most))
+        data = local.read_bounded(uri, most, bounded.ByteBudget(most))
         image = to_rgb(open_image(data))
         image.thumbnail((size, size))
         buffer = io.BytesIO()

@@ -1,6 +1,6 @@
 """Reads a legacy (non-zip) torch ``.pth`` state dict into NumPy arrays without torch.
 
-Used by transforms/lite0.py to load pinned weights: the file's SHA-256 is checked before any
+Used by transforms/models/lite0.py to load pinned weights: the file's SHA-256 is checked before any
 byte is unpickled, and the unpickler resolves only the few globals a state dict names.
 """
 

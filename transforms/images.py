@@ -1,4 +1,4 @@
-"""Stage 2 of the pipeline: image bytes -> uint8 RGB array of the model's input size.
+"""Image bytes -> uint8 RGB array of the model's input size, for feed.py.
 
 Pure functions, no Beam: decode, orient, first frame, any mode to RGB, bilinear resize.
 Pixels stay uint8 here; the model handler scales them to float [0, 1] inside the batched call.

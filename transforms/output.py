@@ -1,4 +1,4 @@
-"""Stage 5: rows -> Parquet under ROOT/<kind>/date=YYYY-MM-DD/ (Hive partitioning), and the
+"""The last stage: rows -> Parquet under ROOT/<kind>/date=YYYY-MM-DD/ (Hive partitioning), and the
 URIs a date's partitions already hold (what a re-run skips)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Report on a run's output (local or gs://, any runner): a text table on stdout, and report.png
-and report.html under --out; the numbers come from report_data, the pictures from report_page.
+and report.html under --out; the numbers come from data.py, the pictures from page.py.
 
 python -m pipeline.report ROOT [--date YYYY-MM-DD] [--out DIR] [--sample N]
 """
@@ -11,10 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.report_data import TOP_LABELS, Report, build_report, read_output
-from pipeline.report_page import chart_png, format_html
+from pipeline.report.data import TOP_LABELS, Report, build_report, read_output
+from pipeline.report.page import chart_png, format_html
+from transforms.output import PartFileError
 from transforms.printable import printable
-from transforms.sink import PartFileError
 
 PROG = "python -m pipeline.report"
 

@@ -1,4 +1,4 @@
-"""Stage 2's gs:// reads: each object in one GET of its media, on google-auth's urllib3
+"""gs:// reads for feed.py: each object in one GET of its media, on google-auth's urllib3
 transport, with the credentials, endpoint and retry policy of Beam's own storage client.
 
 Why not the storage client's download: under 32 reads in flight it cost 2.5 ms of CPU per
@@ -15,7 +15,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from transforms.reader import ByteBudget, read_at_most, too_large
+from transforms.storage.bounded import ByteBudget, read_at_most, too_large
+from transforms.storage.uris import split_gcs
 
 TIMEOUT_S = 60  # connect and read, as the storage client's default
 ERROR_BODY_BYTES = 64 << 10  # the most of an error reply kept for its message
@@ -24,11 +25,6 @@ ERROR_BODY_BYTES = 64 << 10  # the most of an error reply kept for its message
 class ChecksumMismatch(Exception):
     """The bytes received do not match the object's stored checksum (not retried, as by
     the storage client)."""
-
-
-def split_gcs(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    return bucket, name
 
 
 def media_url(endpoint: str, uri: str) -> str:

@@ -1,4 +1,4 @@
-"""Class names for the model's outputs (stage 4): the bundled ImageNet list or a user file."""
+"""Class names for the model's outputs: the bundled ImageNet list or a user file."""
 
 from __future__ import annotations
 

@@ -1,0 +1,198 @@
+"""The one resolver of a --model value (a built-in name, a TF Hub handle, a gs:// or local
+SavedModel folder): where its SavedModel is, its native image size, and whether it is usable.
+Start-up (pipeline/config.py) and the workers (handler.py) both resolve through here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.storage.uris import is_remote_file_uri, is_web_url
+
+DEFAULT_MODEL = "https://tfhub.dev/tensorflow/efficientnet/b3/classification/1"
+# The built-in model (lite0.py, whose NAME this is; imported only when used: it loads
+# TensorFlow, which --help need not).
+LITE0 = "efficientnet-lite0"
+FALLBACK_MODEL = LITE0  # used when --model is not given and TF Hub is away
+
+# Each known model's native input side; a model the table does not name gets B3's.
+NATIVE_SIZES: dict[str, int] = {DEFAULT_MODEL: 300, LITE0: 224}
+DEFAULT_IMAGE_SIZE = NATIVE_SIZES[DEFAULT_MODEL]
+BUILTIN_MODELS = (LITE0,)  # names --model accepts besides handles and paths
+
+
+class ModelError(ValueError):
+    """A --model value that cannot be used: one line saying why and what to do."""
+
+
+class ModelDownloadError(ModelError):
+    """A TF Hub handle could not be downloaded (no network, TF Hub away)."""
+
+
+def native_size(model: str) -> int:
+    return NATIVE_SIZES.get(model, DEFAULT_IMAGE_SIZE)
+
+
+def is_builtin_model(handle: str) -> bool:
+    return handle in BUILTIN_MODELS
+
+
+def user_cache_dir(*parts: str) -> str:
+    """A lasting per-user folder for models (converted built-ins, TF Hub downloads):
+    $XDG_CACHE_HOME or ~/.cache, then beam-image-labeler/."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "beam-image-labeler", *parts)
+
+
+def use_lasting_hub_cache() -> None:
+    """TF Hub downloads go to the user's cache (not the system temp folder, which is
+    emptied), so a second run does not download again; TFHUB_CACHE_DIR, if set, wins."""
+    os.environ.setdefault("TFHUB_CACHE_DIR", user_cache_dir("tfhub"))
+
+
+def locate(handle: str) -> str:
+    """The folder holding the SavedModel a --model value names, readable with Beam's
+    FileSystems: a built-in name -> its SavedModel (converted once into the user's cache); a
+    TF Hub handle -> its download in the TF Hub cache (downloaded once); gs:// and local paths
+    as given. ModelError (ModelDownloadError for TF Hub) in one line if it cannot be."""
+    if is_builtin_model(handle):
+        from transforms.models import lite0
+
+        try:
+            return lite0.lite0_saved_model(user_cache_dir("models"))
+        except lite0.Lite0Error as e:
+            raise ModelError(f"--model {e}") from None
+    if is_web_url(handle):
+        import tensorflow_hub as hub
+
+        use_lasting_hub_cache()
+        try:
+            return hub.resolve(handle)
+        except Exception as e:  # any failure means the same to the user
+            raise ModelDownloadError(
+                f"cannot download the model {handle} ({type(e).__name__}: {e}). Download "
+                "the SavedModel where the internet is reachable, copy it here or to gs://, "
+                "and pass --model /path/to/saved_model_dir (README 'Models')"
+            ) from e
+    return handle
+
+
+def copy_model_locally(uri: str, cache_root: str | None = None) -> str:
+    """Copies a SavedModel directory from a Beam filesystem (gs://...) to local disk once.
+
+    Goes through Beam's FileSystems rather than tf.io.gfile, so it honours the same
+    credentials and endpoints as the rest of the pipeline. Returns the local directory.
+    """
+    uri = uri.rstrip("/")
+    cache_root = cache_root or os.path.join(tempfile.gettempdir(), "image_labeler_models")
+    local = os.path.join(cache_root, hashlib.sha256(uri.encode()).hexdigest()[:16])
+    if os.path.exists(os.path.join(local, "saved_model.pb")):
+        return local
+    os.makedirs(cache_root, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=cache_root)
+    for meta in FileSystems.match([uri + "/**"])[0].metadata_list:
+        relative = meta.path[len(uri) + 1 :]
+        target = os.path.join(staging, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        raw = FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED)
+        with raw as src, open(target, "wb") as dst:
+            while chunk := src.read(16 << 20):
+                dst.write(chunk)
+    try:
+        os.rename(staging, local)  # atomic: concurrent loaders see all or nothing
+    except OSError:  # another process won the race; its copy is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+    return local
+
+
+def resolve_model_dir(handle: str) -> str:
+    """The local folder hub.load is given on a worker: locate(), with a remote folder copied
+    to local disk once."""
+    folder = locate(handle)
+    return copy_model_locally(folder) if is_remote_file_uri(folder) else folder
+
+
+def saved_model_outputs(model_dir: str) -> int | None:
+    """Number of outputs of the SavedModel's __call__, read from saved_model.pb alone (no
+    variables loaded), or None when the file does not say (then the load-time check rules)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with FileSystems.open(FileSystems.join(model_dir.rstrip("/"), "saved_model.pb")) as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].object_graph_def
+    calls = [c.node_id for c in graph.nodes[0].children if c.local_name == "__call__"]
+    sizes = {
+        spec.shape.dim[-1].size
+        for node in calls
+        for name in graph.nodes[node].function.concrete_functions
+        if (spec := graph.concrete_functions[name].output_signature.tensor_spec_value).shape.dim
+    }
+    return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
+
+
+def check_label_count(model: str, outputs: int, num_labels: int) -> None:
+    """The one check that a model's outputs and the class names agree (at start-up from
+    saved_model.pb, on the worker after loading); ModelError with the fix otherwise."""
+    if outputs != num_labels:
+        raise ModelError(
+            f"--model {model} has {outputs} outputs but the labels file has {num_labels} "
+            "names; pass --labels_file with one class name per model output"
+        )
+
+
+def check_model(handle: str, num_labels: int) -> str:
+    """A --model value is usable: located (built-ins converted, TF Hub handles downloaded),
+    a SavedModel there (saved_model.pb and variables/), its outputs, where saved_model.pb
+    states them, matching the labels. Returns the located folder; ModelError otherwise."""
+    if not is_builtin_model(handle) and not is_web_url(handle):
+        if not is_remote_file_uri(handle) and not os.path.isdir(handle):
+            raise ModelError(f"--model {handle} does not exist; pass a SavedModel directory")
+    folder = locate(handle)
+    root = folder.rstrip("/")
+    if not FileSystems.exists(FileSystems.join(root, "saved_model.pb")):
+        raise ModelError(
+            f"--model {handle} is not a SavedModel directory (no saved_model.pb in it)"
+        )
+    if not FileSystems.exists(FileSystems.join(root, "variables", "variables.index")):
+        raise ModelError(
+            f"--model {handle} is an incomplete SavedModel (no variables/variables.index in "
+            "it); copy the whole SavedModel folder, variables/ included"
+        )
+    try:
+        outputs = saved_model_outputs(folder)
+    except Exception as e:  # not a protobuf, or not a SavedModel's
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ModelError(
+            f"--model {handle}: saved_model.pb is not a readable SavedModel "
+            f"({type(e).__name__}: {reason})"
+        ) from None
+    if outputs is not None:
+        check_label_count(handle, outputs, num_labels)
+    return folder
+
+
+def choose_model(given: str | None, num_labels: int) -> str:
+    """--model as given, checked; without --model, EfficientNet-B3 from TF Hub, or where TF
+    Hub cannot be reached, the built-in EfficientNet-Lite0, said in one line on stderr."""
+    if given:
+        check_model(given, num_labels)
+        return given
+    try:
+        check_model(DEFAULT_MODEL, num_labels)
+        return DEFAULT_MODEL
+    except ModelDownloadError:
+        pass
+    print(
+        f"TF Hub cannot be reached: labelling with the built-in {FALLBACK_MODEL} instead of "
+        "EfficientNet-B3 (pass --model to choose; README 'Models')",
+        file=sys.stderr,
+    )
+    check_model(FALLBACK_MODEL, num_labels)
+    return FALLBACK_MODEL

@@ -1,0 +1,91 @@
+"""Bounded reads of local files and of any Beam filesystem but gs:// (storage/gcs.py): only
+regular files, never more than max_bytes + 1 bytes, held in a ByteBudget until the caller
+releases them (after decoding), so bytes in flight stay under a limit whatever the sizes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from transforms import vocabulary as v
+from transforms.storage.bounded import ByteBudget, read_at_most, too_large
+from transforms.storage.uris import local_path
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str | None:
+    """'a folder', 'a socket', ... for what is not a regular file; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def check_stat(uri: str, st: os.stat_result, max_bytes: int) -> None:
+    """Refuses, from the metadata alone, what is not a regular file or is too large."""
+    kind = file_kind(st.st_mode)
+    if kind is not None:
+        raise v.ImageError(v.NOT_A_FILE, f"{uri} is {kind}, not a regular file")
+    if st.st_size > max_bytes:
+        raise too_large(uri, st.st_size, max_bytes)
+
+
+def read_local(path: str, max_bytes: int, budget: ByteBudget) -> bytes:
+    """A local regular file's bytes; on return len(result) bytes are held in `budget`.
+
+    Stats before opening, so a FIFO, device, socket or folder is refused without being
+    opened; opens non-blocking and checks the open file again, so a swap in between cannot
+    block either.
+    """
+    check_stat(path, os.stat(path), max_bytes)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0, closefd=True) as f:
+        st = os.fstat(fd)
+        check_stat(path, st, max_bytes)
+        budget.acquire(st.st_size)
+        try:
+            data = read_at_most(f.read, st.st_size, max_bytes, path)
+        except BaseException:
+            budget.release(st.st_size)
+            raise
+    budget.resize(st.st_size, len(data))
+    return data
+
+
+def read_bounded(uri: str, max_bytes: int, budget: ByteBudget) -> bytes:
+    """Any URI but gs:// (transforms/storage/gcs.py): a local path or file: URI with read_local,
+    any other Beam filesystem with read_beam; on return len(result) bytes are held in
+    `budget`."""
+    path = local_path(uri)
+    if path is not None:
+        return read_local(path, max_bytes, budget)
+    return read_beam(uri, max_bytes, budget)
+
+
+def read_beam(uri: str, max_bytes: int, budget: ByteBudget) -> bytes:
+    """Any other Beam filesystem (s3://, hdfs://, ...): its size from a match, then a
+    bounded read; on return len(result) bytes are held in `budget`."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([uri], limits=[1])[0].metadata_list
+    if not found:
+        raise FileNotFoundError(f"{uri} does not exist")
+    size = found[0].size_in_bytes
+    if size > max_bytes:
+        raise too_large(uri, size, max_bytes)
+    budget.acquire(size)
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = read_at_most(f.read, size, max_bytes, uri)
+    except BaseException:
+        budget.release(size)
+        raise
+    budget.resize(size, len(data))
+    return data

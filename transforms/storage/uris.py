@@ -1,0 +1,73 @@
+"""The one home of URI rules: what a URI names (a local path, a file: URI, a gs:// bucket and
+object, another Beam filesystem) and the normal form an input is labelled under."""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from collections.abc import Iterable
+
+from apache_beam.io.filesystems import FileSystems
+
+GCS = "gs://"
+
+# RFC 8089: file:/path, file:///path or file://localhost/path (the forms Path.as_uri() and
+# browsers write). Another host is left alone (it fails to read, as an error row).
+_FILE_URI = re.compile(r"(?i:file):(?://(?i:localhost)?(?=/)|(?!//))(?P<path>/.*)", re.DOTALL)
+
+
+def file_uri_path(uri: str) -> str | None:
+    """The local path a file: URI names, percent-escapes decoded as bytes (so UTF-8 escapes
+    give back the name Path.as_uri() encoded), or None if `uri` is not a local file: URI."""
+    found = _FILE_URI.fullmatch(uri)
+    if found is None:
+        return None
+    return os.fsdecode(urllib.parse.unquote_to_bytes(found["path"]))
+
+
+def local_path(uri: str) -> str | None:
+    """The local path a URI names (a plain path or a local file: URI), or None for other
+    schemes."""
+    if (path := file_uri_path(uri)) is not None:
+        return path
+    scheme, sep, _ = uri.partition("://")
+    return uri if not sep or not scheme.isalnum() else None
+
+
+def normalize_uri(uri: str) -> str:
+    """The URI an input is labelled under. Kept exactly as given (no whitespace stripped),
+    except: a local file: URI becomes its path (see file_uri_path); a local path is made
+    absolute (os.path.abspath, after a leading ~ is expanded), so a file named two ways is
+    labelled once. Other schemes (gs://, ...) are kept as given."""
+    local = file_uri_path(uri)
+    if local is not None:
+        return os.path.abspath(local)
+    if FileSystems.get_scheme(uri) is not None:  # gs://, http://, file://otherhost/...
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def is_gcs(uri: str) -> bool:
+    return uri.startswith(GCS)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """gs://bucket/a/b.jpg -> ("bucket", "a/b.jpg")."""
+    bucket, _, name = uri.removeprefix(GCS).partition("/")
+    return bucket, name
+
+
+def gcs_buckets(uris: Iterable[str | None]) -> list[str]:
+    """The distinct buckets of the gs:// URIs among `uris`, sorted."""
+    return sorted({split_gcs(u)[0] for u in uris if u and is_gcs(u)})
+
+
+def is_remote_file_uri(uri: str) -> bool:
+    """A Beam filesystem path other than the local disk (gs://, s3://, ...)."""
+    return FileSystems.get_scheme(uri) not in (None, "file", "http", "https")
+
+
+def is_web_url(uri: str) -> bool:
+    """An http(s) URL (a TF Hub handle)."""
+    return FileSystems.get_scheme(uri) in ("http", "https")
