@@ -2,19 +2,24 @@
 # Submits the labelling job to Apache Flink through Beam's portable Job API.
 # ./run_flink.sh --help
 set -euo pipefail
-cd "$(dirname "$0")"
+repo=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
   cat <<'USAGE'
 Usage: ./run_flink.sh (--flink_master HOST:PORT | --flink_master '[local]' | --job_endpoint HOST:PORT)
-                      (--image IMAGE | --worker_pool HOST:PORT)
+                      (--worker_command PATH | --worker_pool HOST:PORT | --image IMAGE)
                       --input PATTERN --output ROOT [--flink_version V] [other flags ...]
 
   --flink_master   the Flink cluster's REST address: this script starts Beam's Flink job
                    server for it on 127.0.0.1 (scripts/flink_job_server.sh fetches it with
-                   Maven the first time) and stops it when the run ends. '[local]' runs Flink
-                   inside the job server instead (no cluster needed; workers then default to
-                   this process, Beam's LOOPBACK environment)
+                   Maven the first time) and stops it when the run ends. It prints the job's
+                   id and web UI link, a progress line every --progress_interval seconds,
+                   and the restarts at the end; Ctrl-C or SIGTERM cancels the Flink job.
+                   '[local]' runs Flink inside the job server instead (no cluster needed;
+                   workers then default to this process, Beam's LOOPBACK environment)
+  --flink_submit_uber_jar
+                   with --flink_master HOST:PORT: no job server here; Beam submits the job
+                   server jar with the pipeline in it to the cluster's REST API as one jar
   --job_endpoint   a Beam job server that is already running (for example the
                    apache/beam_flink1.19_job_server container, port 8099), instead
   --flink_version  Flink version of the cluster (default 1.19)
@@ -22,20 +27,35 @@ Usage: ./run_flink.sh (--flink_master HOST:PORT | --flink_master '[local]' | --j
                    use this job-server jar instead of scripts/flink_job_server.sh's
   --job_server_heap
                    the job server's Java heap (default 512m; 1g with '[local]')
+  --worker_command each TaskManager starts its own SDK workers with this executable on its
+                   host (Beam's PROCESS environment): /opt/apache/beam/boot in the project
+                   image, or the DIR/beam-worker that scripts/flink_cluster.sh writes
+  --worker_pool    workers come from a Beam worker pool beside each TaskManager, which that
+                   TaskManager alone uses (a sidecar container on Kubernetes):
+                   --environment_type=EXTERNAL --environment_config=HOST:PORT
   --image          workers run in this container (built from ./Dockerfile):
                    --environment_type=DOCKER --environment_config=IMAGE
-  --worker_pool    workers come from a Beam worker pool already running beside each task
-                   manager (scripts/flink_cluster.sh starts one with a local cluster):
-                   --environment_type=EXTERNAL --environment_config=HOST:PORT
   --input/--output as for python -m pipeline.run; use storage every Flink worker can reach
-                   (gs://, or a shared file system)
+                   (gs://, or a shared file system). Relative local paths (and a --model
+                   folder) are taken from the folder this command is run in.
 
-Every other flag (--model, --date, --parallelism, ...) is passed to python -m pipeline.run.
+Every other flag (--model, --date, --parallelism, --job_name, ...) is passed to
+python -m pipeline.run. Exit status as pipeline.run's; 2 also when the cluster or job
+endpoint does not answer or has fewer task slots than --parallelism.
 USAGE
 }
 
-master= endpoint= version=1.19 jar= heap= environment=() passthrough=()
-source scripts/flags.sh
+fail() { echo "run_flink.sh: error: $1" >&2; exit "${2:-2}"; }
+absolute() { # a local relative path -> from the folder the user is in
+  case "$1" in
+    /* | *://* | '') echo "$1" ;;
+    *) echo "$PWD/$1" ;;
+  esac
+}
+
+master= endpoint= version=1.19 jar= heap= environment=() passthrough=() uber= quiet=
+parallelism= job_name= interval=10
+source "$repo/scripts/flags.sh"
 while [ $# -gt 0 ]; do
   next_flag "$@"
   case "$flag" in
@@ -43,10 +63,31 @@ while [ $# -gt 0 ]; do
     --flink_master) take "$@"; master=$value ;;
     --job_endpoint) take "$@"; endpoint=$value ;;
     --flink_version) take "$@"; version=$value ;;
-    --flink_job_server_jar) take "$@"; jar=$value ;;
+    --flink_job_server_jar) take "$@"; jar=$(absolute "$value") ;;
+    --flink_submit_uber_jar) uber=1 ;;
     --job_server_heap) take "$@"; heap=$value ;;
     --image) take "$@"; environment=(--environment_type=DOCKER --environment_config="$value") ;;
     --worker_pool) take "$@"; environment=(--environment_type=EXTERNAL --environment_config="$value") ;;
+    --worker_command)
+      take "$@"
+      value=$(absolute "$value")
+      [ -x "$value" ] || [ "${value#/opt/apache/beam/}" != "$value" ] ||
+        fail "--worker_command $value: no such executable here (it must exist on each TaskManager's host)"
+      environment=(--environment_type=PROCESS --environment_config="{\"command\": \"$value\"}")
+      ;;
+    --input | --output)
+      take "$@"
+      passthrough+=("$flag=$(absolute "$value")")
+      ;;
+    --model) # a model name stays a name; a relative folder becomes absolute
+      take "$@"
+      [ -e "$value" ] && value=$(absolute "$value")
+      passthrough+=("--model=$value")
+      ;;
+    --parallelism) take "$@"; parallelism=$value; passthrough+=("--parallelism=$value") ;;
+    --job_name) take "$@"; job_name=$value; passthrough+=("--job_name=$value") ;;
+    --progress_interval) take "$@"; interval=$value; passthrough+=("--progress_interval=$value") ;;
+    --quiet) quiet=1; passthrough+=("$1") ;;
     *) passthrough+=("$1") ;;
   esac
   shift "$shift_by"
@@ -55,70 +96,137 @@ if [ "$master" = "[local]" ] && [ ${#environment[@]} -eq 0 ]; then
   environment=(--environment_type=LOOPBACK)
 fi
 if [ -z "$master$endpoint" ] || [ ${#environment[@]} -eq 0 ]; then
-  echo "run_flink.sh: error: give --flink_master or --job_endpoint, and --image or --worker_pool; see --help" >&2
-  exit 2
+  fail "give --flink_master or --job_endpoint, and --worker_command, --worker_pool or --image; see --help"
 fi
 if [ -n "$master" ] && [ -n "$endpoint" ]; then
-  echo "run_flink.sh: error: give --flink_master or --job_endpoint, not both; see --help" >&2
-  exit 2
+  fail "give --flink_master or --job_endpoint, not both; see --help"
+fi
+if [ -n "$uber" ] && { [ -z "$master" ] || [ "$master" = "[local]" ]; }; then
+  fail "--flink_submit_uber_jar needs --flink_master HOST:PORT; see --help"
 fi
 if [ -n "$jar" ] && [ ! -f "$jar" ]; then
-  echo "run_flink.sh: error: --flink_job_server_jar $jar: no such file" >&2
-  exit 2
+  fail "--flink_job_server_jar $jar: no such file"
 fi
 
-scripts/setup_venv.sh
-command=(.venv/bin/python -m pipeline.run --runner=FlinkRunner --flink_version="$version" "${environment[@]}")
+"$repo/scripts/setup_venv.sh"
+python=$repo/.venv/bin/python
+# Before anything is built: does the cluster (or job server) answer, with slots enough?
+reachable() { "$python" -c 'import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()' "$1" 2>/dev/null; }
+if [ -n "$endpoint" ]; then
+  reachable "$endpoint" || fail "no Beam job server answers at $endpoint (--job_endpoint)"
+elif [ "$master" != "[local]" ]; then
+  reachable "$master" || fail "no Flink cluster answers at $master (--flink_master: its REST address)"
+  slots=$("$python" -c 'import json, sys, urllib.request
+print(json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/overview", timeout=10))["slots-total"])' \
+    "$master" 2>/dev/null) || fail "$master answers, but not as Flink's REST API (--flink_master)"
+  if [ -n "$parallelism" ] && [ "$parallelism" -gt "$slots" ] 2>/dev/null; then
+    fail "--parallelism $parallelism needs $parallelism task slots; the cluster at $master has $slots"
+  fi
+fi
+
+command=("$python" -m pipeline.run --runner=FlinkRunner --flink_version="$version" "${environment[@]}")
 if [ -n "$endpoint" ]; then
   exec "${command[@]}" --job_endpoint="$endpoint" "${passthrough[@]}"
 fi
 
-# Our own job server, on loopback, for this run only. Beam's Python FlinkRunner could start
-# it too, but the pipeline ends with os._exit, which skips the hook that would stop it.
-[ -n "$jar" ] || jar=$(scripts/flink_job_server.sh --flink_version "$version")
+[ -n "$jar" ] || jar=$("$repo/scripts/flink_job_server.sh" --flink_version "$version" --quiet)
 [ -n "$heap" ] || heap=$([ "$master" = "[local]" ] && echo 1g || echo 512m)
+if [ -z "$job_name" ] && [ "$master" != "[local]" ]; then # how the cluster's REST API finds it
+  job_name=image-labeler-$(date -u +%Y%m%d-%H%M%S)-$$
+  passthrough+=("--job_name=$job_name")
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/run_flink.XXXXXX")
-server= watchdog= job=
+server= watchdog= watcher= job=
+stop_process() { # pid: TERM, then KILL after 5 s
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
   if [ -n "$watchdog" ]; then # frozen first, so that it starts no new `sleep 1` meanwhile
     kill -STOP "$watchdog" 2>/dev/null || true
     pkill -KILL -P "$watchdog" 2>/dev/null || true
     kill -KILL "$watchdog" 2>/dev/null || true
   fi
-  if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
-    kill "$server" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$server" 2>/dev/null || true
-  fi
+  [ -z "$job" ] || stop_process "$job"
+  [ -z "$watcher" ] || stop_process "$watcher"
+  [ -z "$server" ] || stop_process "$server"
   rm -rf "$work"
 }
 trap cleanup EXIT
-java "-Xmx$heap" -XX:+UseSerialGC -jar "$jar" --flink-master "$master" --job-host 127.0.0.1 \
-  --job-port 0 --artifact-port 0 --expansion-port -1 --artifacts-dir "$work/artifacts" \
-  >"$work/job-server.log" 2>&1 </dev/null &
-server=$!
-# Should this script be killed outright, the job server goes too.
-(while kill -0 $$ 2>/dev/null; do sleep 1; done; kill "$server" 2>/dev/null) </dev/null >/dev/null 2>&1 &
+# Should this script be killed outright, what it started (listed in $work/pids) goes too.
+touch "$work/pids"
+(while kill -0 $$ 2>/dev/null; do sleep 1; done; kill $(cat "$work/pids"); rm -rf "$work") \
+  </dev/null >/dev/null 2>&1 &
 watchdog=$!
-port=
-for _ in $(seq 600); do
-  port=$(sed -n 's/.*JobService started on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$work/job-server.log")
-  [ -z "$port" ] && kill -0 "$server" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$port" ]; then
-  tail -5 "$work/job-server.log" >&2
-  echo "run_flink.sh: error: Beam's Flink job server ($jar) did not start" >&2
-  exit 1
+disown "$watchdog" # no "Killed ..." line from bash when it is ended
+
+if [ -n "$uber" ]; then
+  # Beam's own uber-jar path: the job server jar plus the pipeline, uploaded to Flink's REST
+  # API as one jar and run there (entry class FlinkPipelineRunner).
+  command+=(--flink_master="$master" --flink_job_server_jar="$jar" --flink_submit_uber_jar)
+else
+  # Our own job server, on loopback, for this run only. Beam's Python FlinkRunner could start
+  # it too, but the pipeline ends with os._exit, which skips the hook that would stop it.
+  java "-Xmx$heap" -XX:+UseSerialGC -Dbeam.fn.bind_address=127.0.0.1 -jar "$jar" \
+    --flink-master "$master" --job-host 127.0.0.1 --job-port 0 --artifact-port 0 \
+    --expansion-port -1 --artifacts-dir "$work/artifacts" >"$work/job-server.log" 2>&1 </dev/null &
+  server=$!
+  echo "$server" >>"$work/pids"
+  port=
+  for _ in $(seq 600); do
+    port=$(sed -n 's/.*JobService started on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$work/job-server.log")
+    [ -z "$port" ] && kill -0 "$server" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$port" ]; then
+    tail -5 "$work/job-server.log" >&2
+    fail "Beam's Flink job server ($jar) did not start" 1
+  fi
+  command+=(--job_endpoint="127.0.0.1:$port")
 fi
 
-"${command[@]}" --job_endpoint="127.0.0.1:$port" "${passthrough[@]}" &
+if [ "$master" != "[local]" ]; then
+  # Job id, web UI link, progress lines and, at the end, the restarts: from Flink's REST API.
+  "$python" -m pipeline.flink watch "$master" "$job_name" "$work/job-id" --interval "$interval" \
+    ${quiet:+--quiet} </dev/null &
+  watcher=$!
+  echo "$watcher" >>"$work/pids"
+fi
+# The launcher in a session of its own: Ctrl-C on a terminal reaches this script alone,
+# which cancels the Flink job before the launcher is told to stop and says what is kept.
+setsid "${command[@]}" "${passthrough[@]}" </dev/null &
 job=$!
-trap 'kill -TERM "$job" 2>/dev/null' TERM
-trap 'kill -INT "$job" 2>/dev/null' INT
+echo "$job" >>"$work/pids"
+stopping=
+on_signal() { # cancel the Flink job first, then let the launcher stop and say what is kept
+  [ -z "$stopping" ] || return 0
+  stopping=$1
+  if [ "$master" != "[local]" ]; then
+    # Paused meanwhile, so that it sees the stop before the job's end (no traceback for a
+    # job that "failed" by being cancelled).
+    kill -STOP "$job" 2>/dev/null || true
+    "$python" -m pipeline.flink cancel "$master" "$job_name" "$work/job-id" || true
+  fi
+  kill "-$1" "$job" 2>/dev/null || true
+  kill -CONT "$job" 2>/dev/null || true
+}
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
 status=0
 while true; do
   wait "$job" && status=0 || status=$?
   kill -0 "$job" 2>/dev/null || break # a trapped signal interrupted the wait: wait again
 done
+if [ -n "$stopping" ] && [ "$master" != "[local]" ]; then
+  # A job submitted while the signal was handled: cancelled too.
+  "$python" -m pipeline.flink cancel "$master" "$job_name" "$work/job-id" || true
+fi
+if [ -n "$watcher" ]; then # its last line: the job's final state and restarts
+  kill -TERM "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+  watcher=
+fi
 exit "$status"

@@ -1,75 +1,112 @@
 #!/usr/bin/env bash
-# Fetches Beam's Flink job server with Maven into a lasting cache and prints the path of a jar
-# that `java -jar` (and Beam's --flink_job_server_jar) runs. scripts/flink_job_server.sh --help
+# Prints the path of Beam's Flink job server jar (fetched or built with Maven into a lasting
+# cache) that `java -jar` and Beam's --flink_job_server_jar run. scripts/flink_job_server.sh --help
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/flink_job_server.sh [--flink_version 1.19] [--beam_version 2.62.0] [--quiet]
+Usage: scripts/flink_job_server.sh [--flink_version 1.19] [--sdk_version V] [--quiet]
 
-Prints the path of a runnable Beam Flink job-server jar, fetching it the first time.
+Prints the path of a self-contained Beam Flink job-server jar, fetching it the first time.
 
-Maven Central serves no beam-runners-flink-*-job-server jar for any Beam version (checked for
-2.62.0 to 2.77.0 and Flink 1.19 to 2.2), so the script assembles the same job server from the
-artifacts that are served: org.apache.beam:beam-runners-flink-<flink>:<beam> (which holds
-FlinkJobServerDriver) and its runtime dependencies, copied with `mvn dependency:copy-dependencies`
-into the cache, plus a launcher jar whose manifest names the main class and that class path.
-Beam 2.62.0 with Flink 1.19 is the newest pair whose dependencies all resolve there.
+First choice: Beam's own org.apache.beam:beam-runners-flink-<flink>-job-server:<sdk>, the
+jar Beam's FlinkRunner downloads for the SDK version (default: the .venv's apache-beam), with
+`mvn dependency:get`. Where Maven Central does not serve it (it serves it for no Beam version
+at present), one line says so and the script builds the fallback: Beam 2.62.0's
+beam-runners-flink-<flink> (which holds FlinkJobServerDriver) and its runtime dependencies in
+one jar with Maven's shade plugin (service files merged), so that `java -jar` and
+--flink_submit_uber_jar both take it. A miss is remembered for a day.
 
-Beam's gRPC servers (job, artifact and Fn API services) bind every interface; the launcher puts
-a rebuilt org.apache.beam.sdk.fn.server.ServerFactory first on the class path, which binds the
-address a server is given (loopback by default) instead. It is compiled here with javac.
+The fallback carries a rebuilt org.apache.beam.sdk.fn.server.ServerFactory: a server is bound
+to the address it is given (the job server's --job-host), and the Fn API servers a TaskManager
+opens for its Python workers bind the JVM system property beam.fn.bind_address when it is set
+(scripts/flink_cluster.sh sets 127.0.0.1) and every interface otherwise, as Beam does; their
+address for the workers is that address, or localhost.
 
   --flink_version   Flink minor version of the runner (default 1.19)
-  --beam_version    Beam (Java) version of the runner (default 2.62.0)
-  --quiet           no progress lines on stderr
+  --sdk_version     Beam version to look for (default: the .venv's apache_beam.__version__)
+  --fallback_only   skip the look-up; print the assembled 2.62.0 jar
+  --quiet           no progress lines on stderr (the fallback line is still printed)
 
 Cache: $BEAM_IMAGE_LABELER_CACHE, else $XDG_CACHE_HOME/beam-image-labeler, else
-~/.cache/beam-image-labeler; the job server goes under flink/job-server-<beam>-flink<flink>/.
-Needs java, javac and mvn on PATH, and Maven Central. Exit status: 0 with the path on stdout,
-2 for a bad flag, 3 when a tool or Maven Central is missing (one line on stderr says which).
+~/.cache/beam-image-labeler; jars go under flink/. Needs java, javac and mvn on PATH, and
+Maven Central. Exit status: 0 with the path on stdout, 2 for a bad flag, 3 when a tool or
+Maven Central is missing (one line on stderr says which).
 USAGE
 }
 
 die() { echo "flink_job_server.sh: error: $1" >&2; exit "${2:-2}"; }
-flink=1.19 beam=2.62.0 quiet=
+here=$(cd "$(dirname "$0")" && pwd)
+flink=1.19 beam=2.62.0 sdk= quiet= fallback_only=
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --flink_version=*) flink=${1#*=} ;;
     --flink_version) [ $# -ge 2 ] || die "--flink_version needs a value; see --help"; flink=$2; shift ;;
-    --beam_version=*) beam=${1#*=} ;;
-    --beam_version) [ $# -ge 2 ] || die "--beam_version needs a value; see --help"; beam=$2; shift ;;
+    --sdk_version=*) sdk=${1#*=} ;;
+    --sdk_version) [ $# -ge 2 ] || die "--sdk_version needs a value; see --help"; sdk=$2; shift ;;
+    --fallback_only) fallback_only=1 ;;
     --quiet) quiet=1 ;;
     *) die "unknown flag $1; see --help" ;;
   esac
   shift
 done
 [[ $flink =~ ^[0-9]+\.[0-9]+$ ]] || die "--flink_version is MAJOR.MINOR, like 1.19; got '$flink'"
-[[ $beam =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--beam_version is like 2.62.0; got '$beam'"
+if [ -z "$sdk$fallback_only" ]; then
+  sdk=$("$here/../.venv/bin/python" -c 'import apache_beam; print(apache_beam.__version__)' 2>/dev/null) || sdk=
+fi
+[ -z "$sdk" ] || [[ $sdk =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--sdk_version is like 2.77.0; got '$sdk'"
 
 cache=${BEAM_IMAGE_LABELER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/beam-image-labeler}
-home=$cache/flink/job-server-$beam-flink$flink
-jar=$home/beam-runners-flink-$flink-job-server-$beam.jar
-if [ -f "$home/.complete" ] && [ -f "$jar" ]; then
-  echo "$jar"
-  exit 0
-fi
 say() { [ -n "$quiet" ] || echo "flink_job_server.sh: $*" >&2; }
 for tool in java javac mvn; do
   command -v "$tool" >/dev/null || die "unavailable: '$tool' is not on PATH (needs a JDK 11+ and Maven)" 3
 done
 
+# Beam's own job server for the SDK's version, where Maven Central serves it.
+if [ -n "$sdk" ] && [ -z "$fallback_only" ]; then
+  official=beam-runners-flink-$flink-job-server
+  mkdir -p "$cache/flink"
+  miss=$cache/flink/.not-served-$official-$sdk
+  if [ -f "$cache/flink/$official-$sdk.jar" ]; then
+    echo "$cache/flink/$official-$sdk.jar"
+    exit 0
+  fi
+  if [ -z "$(find "$miss" -mmin -1440 2>/dev/null)" ]; then
+    say "looking for org.apache.beam:$official:$sdk on Maven Central"
+    if mvn -B -q dependency:get -Dtransitive=false \
+      -Dartifact="org.apache.beam:$official:$sdk" >"$cache/flink/.mvn-get.log" 2>&1; then
+      repo=$(mvn -B -q help:evaluate -Dexpression=settings.localRepository -DforceStdout 2>/dev/null)
+      cp "${repo:-$HOME/.m2/repository}/org/apache/beam/$official/$sdk/$official-$sdk.jar" \
+        "$cache/flink/$official-$sdk.jar.tmp"
+      mv "$cache/flink/$official-$sdk.jar.tmp" "$cache/flink/$official-$sdk.jar"
+      echo "$cache/flink/$official-$sdk.jar"
+      exit 0
+    fi
+    touch "$miss"
+  fi
+  echo "flink_job_server.sh: Maven Central serves no org.apache.beam:$official:$sdk;" \
+    "using the job server built from Beam $beam's beam-runners-flink-$flink" >&2
+fi
+
+home=$cache/flink/job-server-$beam-flink$flink-shaded
+jar=$home/beam-runners-flink-$flink-job-server-$beam.jar
+if [ -f "$home/.complete" ] && [ -f "$jar" ]; then
+  echo "$jar"
+  exit 0
+fi
+
 # A fresh folder each time; moved into place only when complete.
 work=$(mktemp -d "${TMPDIR:-/tmp}/flink-job-server.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lib" "$work/src" "$work/classes"
+mkdir -p "$work/src" "$work/classes"
 cat >"$work/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.beam-image-labeler</groupId>
   <artifactId>flink-job-server</artifactId>
   <version>1</version>
+  <properties><project.build.sourceEncoding>UTF-8</project.build.sourceEncoding></properties>
   <dependencies>
     <dependency>
       <groupId>org.apache.beam</groupId>
@@ -82,19 +119,59 @@ cat >"$work/pom.xml" <<POM
       <version>1.7.30</version>
     </dependency>
   </dependencies>
+  <build>
+    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-shade-plugin</artifactId>
+        <version>3.6.0</version>
+        <executions>
+          <execution>
+            <phase>package</phase>
+            <goals><goal>shade</goal></goals>
+            <configuration>
+              <createDependencyReducedPom>false</createDependencyReducedPom>
+              <outputFile>$work/shaded.jar</outputFile>
+              <filters>
+                <filter>
+                  <artifact>*:*</artifact>
+                  <excludes>
+                    <exclude>META-INF/*.SF</exclude>
+                    <exclude>META-INF/*.DSA</exclude>
+                    <exclude>META-INF/*.RSA</exclude>
+                    <exclude>module-info.class</exclude>
+                  </excludes>
+                </filter>
+              </filters>
+              <transformers>
+                <transformer implementation="org.apache.maven.plugins.shade.resource.ServicesResourceTransformer"/>
+                <transformer implementation="org.apache.maven.plugins.shade.resource.AppendingTransformer">
+                  <resource>reference.conf</resource>
+                </transformer>
+                <transformer implementation="org.apache.maven.plugins.shade.resource.ManifestResourceTransformer">
+                  <mainClass>org.apache.beam.runners.flink.FlinkJobServerDriver</mainClass>
+                </transformer>
+              </transformers>
+            </configuration>
+          </execution>
+        </executions>
+      </plugin>
+    </plugins>
+  </build>
 </project>
 POM
-say "fetching org.apache.beam:beam-runners-flink-$flink:$beam and its dependencies with Maven"
-if ! mvn -B -q -f "$work/pom.xml" \
-  org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
-  -DincludeScope=runtime -DoutputDirectory="$work/lib" >"$work/mvn.log" 2>&1; then
+say "building one jar from org.apache.beam:beam-runners-flink-$flink:$beam and its dependencies with Maven"
+if ! mvn -B -q -f "$work/pom.xml" package >"$work/mvn.log" 2>&1; then
   grep -m1 'ERROR' "$work/mvn.log" >&2 || tail -3 "$work/mvn.log" >&2
-  die "unavailable: Maven could not fetch org.apache.beam:beam-runners-flink-$flink:$beam (is Maven Central reachable?)" 3
+  die "unavailable: Maven could not fetch or shade org.apache.beam:beam-runners-flink-$flink:$beam (is Maven Central reachable?)" 3
 fi
 
 # Beam's ServerFactory, with each TCP server bound to the address it is given.
-grpc=$(find "$work/lib" -name 'beam-vendor-grpc-*.jar' -printf '%f\n' | sed -E 's/^beam-vendor-grpc-([0-9]+)_([0-9]+)_([0-9]+)-.*/v\1p\2p\3/')
-[ -n "$grpc" ] || die "unavailable: no beam-vendor-grpc jar among the dependencies" 3
+grpc=$(python3 -c '
+import re, sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+print(next(m.group(1) for n in names if (m := re.match(r"org/apache/beam/vendor/grpc/(v[0-9p]+)/", n))))
+' "$work/shaded.jar" 2>/dev/null) || die "unavailable: no vendored gRPC in the shaded job server" 3
 mkdir -p "$work/src/org/apache/beam/sdk/fn/server"
 sed "s/GRPC/$grpc/g" >"$work/src/org/apache/beam/sdk/fn/server/ServerFactory.java" <<'JAVA'
 package org.apache.beam.sdk.fn.server;
@@ -114,9 +191,12 @@ import org.apache.beam.vendor.grpc.GRPC.io.grpc.ServerInterceptors;
 import org.apache.beam.vendor.grpc.GRPC.io.grpc.netty.NettyServerBuilder;
 
 /**
- * Same API as Beam's gRPC server factory; servers listen on the address they are given (the
- * loopback address when one is allocated), not on every interface. Only TCP servers: the
- * epoll variants, which this job server does not use, are refused.
+ * Same API as Beam's gRPC server factory. A server created for an address listens on that
+ * address, not on every interface. A server allocated a port (a TaskManager's Fn API servers
+ * for its SDK workers) listens on the JVM system property beam.fn.bind_address where set, and
+ * on every interface otherwise (Beam's behaviour); workers are given that address, or
+ * localhost. Only TCP servers: the epoll variants, which this job server does not use, are
+ * refused.
  */
 public abstract class ServerFactory {
   public static ServerFactory createDefault() {
@@ -166,9 +246,14 @@ public abstract class ServerFactory {
     public Server allocateAddressAndCreate(
         List<BindableService> services, Endpoints.ApiServiceDescriptor.Builder descriptor)
         throws IOException {
-      InetSocketAddress address = new InetSocketAddress(InetAddress.getLoopbackAddress(), ports.get());
+      String bind = System.getProperty("beam.fn.bind_address", "").trim();
+      InetSocketAddress address =
+          bind.isEmpty()
+              ? new InetSocketAddress(ports.get())
+              : new InetSocketAddress(InetAddress.getByName(bind), ports.get());
       Server server = listen(services, address);
-      descriptor.setUrl(urlFactory.createUrl(address.getHostName(), server.getPort()));
+      String host = bind.isEmpty() ? InetAddress.getLoopbackAddress().getHostName() : bind;
+      descriptor.setUrl(urlFactory.createUrl(host, server.getPort()));
       return server;
     }
 
@@ -207,33 +292,13 @@ public abstract class ServerFactory {
   }
 }
 JAVA
-say "compiling the loopback ServerFactory"
-javac -nowarn -d "$work/classes" -cp "$work/lib/*" \
+say "compiling the rebuilt ServerFactory into the jar"
+javac -nowarn --release 11 -d "$work/classes" -cp "$work/shaded.jar" \
   "$work/src/org/apache/beam/sdk/fn/server/ServerFactory.java" >"$work/javac.log" 2>&1 ||
-  { cat "$work/javac.log" >&2; die "could not compile the loopback ServerFactory" 1; }
-(cd "$work/classes" && jar --create --file "$work/lib/0-loopback-server-factory.jar" .)
-
-# The launcher: a manifest naming the main class and every jar (the patch first).
-python3 - "$work" "$(basename "$jar")" <<'PY'
-import os, sys, zipfile
-work, name = sys.argv[1], sys.argv[2]
-jars = sorted(os.listdir(os.path.join(work, "lib")))
-line = "Class-Path: " + " ".join("lib/" + j for j in jars)
-lines = [line[:70]] + [" " + line[i : i + 69] for i in range(70, len(line), 69)]
-manifest = (
-    "Manifest-Version: 1.0\r\n"
-    "Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver\r\n"
-    + "\r\n".join(lines) + "\r\n\r\n"
-)
-with zipfile.ZipFile(os.path.join(work, name), "w") as z:
-    z.writestr("META-INF/MANIFEST.MF", manifest)
-PY
-rm -rf "$work/src" "$work/classes" "$work/pom.xml" "$work/javac.log"
-mkdir -p "$(dirname "$home")"
-rm -rf "$home"
-mv "$work" "$home"
-trap - EXIT
-chmod 755 "$home"
+  { cat "$work/javac.log" >&2; die "could not compile the rebuilt ServerFactory" 1; }
+jar --update --file "$work/shaded.jar" -C "$work/classes" . # replaces Beam's classes
+mkdir -p "$home"
+mv "$work/shaded.jar" "$jar"
 touch "$home/.complete"
-say "job server ready ($(du -sh "$home" | cut -f1))"
+say "job server ready ($(du -sh "$jar" | cut -f1))"
 echo "$jar"

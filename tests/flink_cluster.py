@@ -60,13 +60,14 @@ class FlinkCluster:
     def __init__(self, folder: pathlib.Path, taskmanagers: int = 1, slots: int = 1):
         self.dir = folder
         self.taskmanagers, self.slots = taskmanagers, slots
-        self.rest_port, self.pool_port = free_port(), free_port()
+        self.rest_port = free_port()
         self.master = f"127.0.0.1:{self.rest_port}"
-        self.worker_pool = f"127.0.0.1:{self.pool_port}"
+        # Each TaskManager starts its own SDK workers with this (Beam's PROCESS environment).
+        self.worker_command = str(folder / "beam-worker")
         self.pids: dict[str, int] = {}
 
-    def start(self) -> FlinkCluster:
-        proc = subprocess.run(
+    def start_command(self) -> subprocess.CompletedProcess:
+        return subprocess.run(
             [
                 str(CLUSTER),
                 "start",
@@ -74,7 +75,6 @@ class FlinkCluster:
                 f"--taskmanagers={self.taskmanagers}",
                 f"--slots={self.slots}",
                 f"--rest_port={self.rest_port}",
-                f"--worker_pool_port={self.pool_port}",
                 # Should pytest itself die, the cluster stops within a second.
                 f"--watch_pid={os.getpid()}",
             ],
@@ -82,10 +82,13 @@ class FlinkCluster:
             text=True,
             timeout=600,
         )
+
+    def start(self) -> FlinkCluster:
+        proc = self.start_command()
         if proc.returncode == UNAVAILABLE:
             unavailable(one_line(proc.stderr))
         assert proc.returncode == 0, proc.stderr[-3000:] + self.logs()
-        self.pids = {p.stem: int(p.read_text()) for p in self.dir.glob("*.pid")}
+        self.pids = pid_files(self.dir)
         return self
 
     def stop(self) -> None:
@@ -109,6 +112,11 @@ class FlinkCluster:
 
     def taskmanager_pid(self, resource_id: str) -> int:
         return self.pids[resource_id]  # flink_cluster.sh names TaskManager N 'taskmanager-N'
+
+
+def pid_files(folder: pathlib.Path) -> dict[str, int]:
+    """flink_cluster.sh's pid files ("PID START_TIME"), by process name."""
+    return {p.stem: int(p.read_text().split()[0]) for p in folder.glob("*.pid")}
 
 
 def alive(pid: int) -> bool:
