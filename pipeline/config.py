@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
+import math
 import uuid
 from collections.abc import Iterable
 
-from pipeline.options import CPU_BATCH, GPU_BATCH, LabelerOptions
-from transforms.images import MAX_IMAGE_SIZE
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import BOUNDS, CPU_BATCH, GPU_BATCH, SKIP_ALL, LabelerOptions
+from transforms.images import MAX_IMAGE_SIZE, preprocess_id
 from transforms.inputs import InputError, check_manifest, check_pattern
-from transforms.models.catalog import ModelError, choose_model, is_builtin_model, native_size
+from transforms.models.catalog import (
+    ModelError,
+    choose_model,
+    is_builtin_model,
+    locate,
+    model_version,
+    native_size,
+)
 from transforms.models.labels import load_labels
-from transforms.output import PartFileError, check_partitions, output_prefixes, probe_writable
+from transforms.output import (
+    TEMP_DIR,
+    PartFileError,
+    check_partitions,
+    output_prefixes,
+    part_files,
+    probe_writable,
+)
+from transforms.printable import printable
+from transforms.storage import gcs
 from transforms.storage.bounded import MB
-from transforms.storage.uris import gcs_buckets, normalize_uri
+from transforms.storage.uris import normalize_uri
+from transforms.vocabulary import KINDS
 
 
 class ConfigError(ValueError):
@@ -34,7 +53,9 @@ class Config:
     batch_size: int
     date: str
     run_id: str
-    skip_existing: bool
+    skip_existing: str  # SKIP_ALL, SKIP_DATE or SKIP_NONE
+    plan: bool
+    plan_sample: int
     require_gpu: bool
     quiet: bool
     progress_interval: float
@@ -42,56 +63,23 @@ class Config:
     max_inflight_bytes: int
     max_object_bytes: int
     max_error_ratio: float
+    model_version: str = ""  # a digest of the model's content, settled with the model
+    preprocess: str = ""  # what changes pixels (images.preprocess_id), settled with the size
+    # The job's PipelineOptions that were set (gcs.job_options): gs:// is checked and read
+    # as the job, on Beam's credentials path, at start-up and on the workers.
+    storage_options: dict = dataclasses.field(default_factory=dict)
 
 
-GCS_CHECK_SECONDS = 10.0  # transient faults are retried this long before we give up
+MAX_PLAN_SAMPLE = 10_000  # images --plan may read to time them
 
 
-def gcs_client():
-    """A storage client with the credentials Beam's GCS IO will use: Application Default
-    Credentials (checked by fetching a token), else anonymous, as Beam falls back to."""
-    import google.auth
-    import google.auth.transport.requests
-    from google.cloud import storage
-
+def check_buckets(uris: Iterable[str | None], storage_options: dict) -> None:
+    """Every gs:// bucket the job names can be listed, with the credentials the reads use
+    (transforms.storage.gcs), else one line that names it."""
     try:
-        credentials, project = google.auth.default(
-            scopes=["https://www.googleapis.com/auth/cloud-platform"]
-        )
-    except google.auth.exceptions.DefaultCredentialsError:
-        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-            raise  # named explicitly but unusable: say so rather than go anonymous
-        return storage.Client.create_anonymous_client()
-    credentials.refresh(google.auth.transport.requests.Request())
-    return storage.Client(credentials=credentials, project=project or "unset")
-
-
-def check_buckets(uris: Iterable[str | None]) -> None:
-    """Every gs:// bucket the job names can be listed, else one line that names it."""
-    buckets = gcs_buckets(uris)
-    if not buckets:
-        return
-    from google.api_core import exceptions
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    hint = (
-        "use Application Default Credentials that can read it (gcloud auth "
-        "application-default login, or GOOGLE_APPLICATION_CREDENTIALS)"
-    )
-    try:
-        client = gcs_client()
-    except Exception as e:  # a bad key file, a refused token, no network
-        raise ConfigError(f"gs://{buckets[0]}: the credentials do not work ({e}); {hint}") from e
-    retry = DEFAULT_RETRY.with_timeout(GCS_CHECK_SECONDS)
-    for bucket in buckets:
-        try:
-            list(client.list_blobs(bucket, max_results=1, retry=retry, timeout=5))
-        except exceptions.NotFound:
-            raise ConfigError(f"bucket gs://{bucket} does not exist") from None
-        except (exceptions.Forbidden, exceptions.Unauthorized) as e:
-            raise ConfigError(f"no access to gs://{bucket} ({e.message}); {hint}") from None
-        except Exception as e:  # unreachable after retries
-            raise ConfigError(f"cannot reach gs://{bucket} ({type(e).__name__}: {e})") from e
+        gcs.check_buckets(uris, storage_options)
+    except gcs.BucketError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_inputs(patterns: list[str], manifest: str | None, output: str, date: str) -> None:
@@ -111,7 +99,34 @@ def check_inputs(patterns: list[str], manifest: str | None, output: str, date: s
         raise ConfigError(str(e)) from None
 
 
+OUTPUT_FOLDERS = (*KINDS, TEMP_DIR)
+
+
+def output_roots_above(output: str) -> list[str]:
+    """The folders R that `output` lies in as R/predictions/..., R/errors/... or
+    R/_temp/... (a name alone: whether R is an output, enclosing_output asks storage)."""
+    parts = output.rstrip("/").split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts)) if parts[i] in OUTPUT_FOLDERS]
+
+
+def enclosing_output(output: str) -> str | None:
+    """Another run's output that `output` lies inside (under its predictions/, errors/ or
+    _temp/), where this run's files would be read as that output's rows; None if there is
+    none. An output is a folder with a finished part file of either kind, any date."""
+    for root in output_roots_above(output):
+        for kind in KINDS:
+            if FileSystems.match([part_files(root, kind, "*")], limits=[1])[0].metadata_list:
+                return root
+    return None
+
+
 def check_writable(output: str, run_id: str) -> None:
+    inside = enclosing_output(output)
+    if inside is not None:
+        raise ConfigError(
+            f"--output {printable(output)} is inside the output {printable(inside)}, where "
+            "its files would be read as that output's rows; pass a folder outside it"
+        )
     try:
         probe_writable(output, run_id)
     except Exception as e:  # permissions, a file in the way, no space
@@ -137,15 +152,37 @@ def check_storage_and_model(config: Config) -> Config:
     present, the model chosen and ready (downloaded or converted), the output writable (a
     probe file, last, so a run that stops earlier writes nothing). Returns the Config with
     the model and its image size settled."""
-    check_buckets([*config.inputs, config.manifest, config.output, config.model])
-    check_inputs(list(config.inputs), config.manifest, config.output, config.date)
+    check_buckets(
+        [*config.inputs, config.manifest, config.output, config.model], config.storage_options
+    )
+    # The partitions a run reads to skip what is done: every date's, or only its own.
+    done_dates = "*" if config.skip_existing == SKIP_ALL else config.date
+    check_inputs(list(config.inputs), config.manifest, config.output, done_dates)
     try:
         model = choose_model(config.model, len(config.labels))
+        version = model_version(locate(model))
     except ModelError as e:
         raise ConfigError(str(e)) from None
-    check_writable(config.output, config.run_id)
+    except OSError as e:  # the model's files went away or cannot be read
+        raise ConfigError(f"--model {model}: cannot read it ({e})") from None
+    if not config.plan:
+        check_writable(config.output, config.run_id)
     image_size = config.image_size or native_size(model)
-    return dataclasses.replace(config, model=model, image_size=image_size)
+    return dataclasses.replace(
+        config,
+        model=model,
+        image_size=image_size,
+        model_version=version,
+        preprocess=preprocess_id(image_size),
+    )
+
+
+def check_number(flag: str, value: float | None, low: float, high: float, unit: str) -> float:
+    """A numeric option's value, if it is a finite number from `low` to `high`; else
+    ConfigError (inf, nan and 1e400 are out of every range)."""
+    if value is None or not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"--{flag} must be between {low:g} and {high:g} {unit}, not {value}")
+    return value
 
 
 def check_flags(opts: LabelerOptions) -> Config:
@@ -157,23 +194,21 @@ def check_flags(opts: LabelerOptions) -> Config:
         raise ConfigError(
             f"--image_size must be between 1 and {MAX_IMAGE_SIZE} pixels, not {opts.image_size}"
         )
-    if opts.read_concurrency is None or opts.read_concurrency < 1:
-        raise ConfigError(f"--read_concurrency must be at least 1, not {opts.read_concurrency}")
-    for flag, value in (
-        ("max_inflight_mb", opts.max_inflight_mb),
-        ("max_object_mb", opts.max_object_mb),
+    for flag, value, unit in (
+        ("read_concurrency", opts.read_concurrency, "reads"),
+        ("max_inflight_mb", opts.max_inflight_mb, "MB"),
+        ("max_object_mb", opts.max_object_mb, "MB"),
+        ("progress_interval", opts.progress_interval, "seconds"),
     ):
-        if value is None or not value > 0:
-            raise ConfigError(f"--{flag} must be a positive number of megabytes, not {value}")
+        check_number(flag, value, *BOUNDS[flag], unit)
     if opts.max_error_ratio is None or not 0 <= opts.max_error_ratio <= 1:
         raise ConfigError(f"--max_error_ratio must be between 0 and 1, not {opts.max_error_ratio}")
-    if not opts.progress_interval or opts.progress_interval <= 0:
+    if opts.plan_sample is None or not 1 <= opts.plan_sample <= MAX_PLAN_SAMPLE:
         raise ConfigError(
-            f"--progress_interval must be a positive number of seconds, "
-            f"not {opts.progress_interval}"
+            f"--plan_sample must be between 1 and {MAX_PLAN_SAMPLE}, not {opts.plan_sample}"
         )
-    if opts.batch_size is not None and opts.batch_size <= 0:
-        raise ConfigError(f"--batch_size must be a positive number, not {opts.batch_size}")
+    if opts.batch_size is not None:
+        check_number("batch_size", opts.batch_size, *BOUNDS["batch_size"], "images")
     batch_size = opts.batch_size or (GPU_BATCH if opts.require_gpu else CPU_BATCH)
     date = check_date(opts.date)
     try:
@@ -204,6 +239,8 @@ def check_flags(opts: LabelerOptions) -> Config:
         date=date,
         run_id=run_id,
         skip_existing=opts.skip_existing,
+        plan=opts.plan,
+        plan_sample=opts.plan_sample,
         require_gpu=opts.require_gpu,
         quiet=opts.quiet,
         progress_interval=opts.progress_interval,
@@ -211,4 +248,5 @@ def check_flags(opts: LabelerOptions) -> Config:
         max_inflight_bytes=int(opts.max_inflight_mb * MB),
         max_object_bytes=int(opts.max_object_mb * MB),
         max_error_ratio=opts.max_error_ratio,
+        storage_options=gcs.job_options(opts),
     )

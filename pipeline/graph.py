@@ -9,12 +9,13 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline.config import Config
+from pipeline.options import SKIP_DATE, SKIP_NONE
 from transforms.feed import ReadAndDecode
 from transforms.inputs import KeepNew, ListInputs
 from transforms.models.handler import ImageClassifierHandler
-from transforms.output import ExistingUris, WritePartition
+from transforms.output import ExistingRows, Versions, WritePartition
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
-from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
+from transforms.rows import ERROR_SCHEMA, MODEL_VERSION, PREDICTION_SCHEMA, PREPROCESS
 from transforms.vocabulary import ERRORS, PREDICTIONS
 
 
@@ -36,21 +37,36 @@ def model_handler(config: Config) -> KeyedModelHandler:
     )
 
 
+def existing_rows(config: Config) -> beam.PTransform:
+    """What the run compares its inputs with (--skip_existing): every date's rows by version,
+    this date's rows whatever their version, or none."""
+    if config.skip_existing == SKIP_NONE:
+        return beam.Create([])
+    if config.skip_existing == SKIP_DATE:
+        return ExistingRows(config.output, config.date) | beam.MapTuple(any_version)
+    return ExistingRows(config.output, "*")
+
+
+def any_version(uri: str, _versions: Versions) -> tuple[str, Versions]:
+    """A done row that counts whatever the version (--skip_existing=date)."""
+    return uri, (None, None)
+
+
 def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
-    wanted = pipeline | "ListInputs" >> ListInputs(config.inputs, config.manifest, config.output)
-    if config.skip_existing:
-        done = pipeline | "ExistingOutput" >> ExistingUris(config.output, config.date)
-    else:
-        done = pipeline | "NothingDone" >> beam.Create([]).with_output_types(str)
-    # The reshuffle (strings only) ends the stage here: every new URI is counted, so the
-    # progress total is known, and spread over workers before the first image is read.
-    uris = (wanted, done) | "KeepNew" >> KeepNew() | "Spread" >> beam.Reshuffle()
-    decoded = uris | "ReadAndDecode" >> beam.ParDo(
+    wanted = pipeline | "ListInputs" >> ListInputs(
+        config.inputs, config.manifest, config.output, config.storage_options
+    )
+    done = pipeline | "ExistingOutput" >> existing_rows(config)
+    # KeepNew ends with a shuffle (of URIs and versions only): every new input is counted, so
+    # the progress total is known, and spread over workers before the first image is read.
+    work = (wanted, done) | "KeepNew" >> KeepNew(config.model_version)
+    decoded = work | "ReadAndDecode" >> beam.ParDo(
         ReadAndDecode(
             config.image_size,
             read_concurrency=config.read_concurrency,
             max_inflight_bytes=config.max_inflight_bytes,
             max_object_bytes=config.max_object_bytes,
+            storage_options=config.storage_options,
         )
     ).with_outputs(ERRORS, main="images")
     inferred, dead_letters = (
@@ -65,8 +81,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
     )
     errors = (decoded[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
 
+    stamp = {MODEL_VERSION: config.model_version, PREPROCESS: config.preprocess}
+
     def write(kind, schema):
-        return WritePartition(config.output, kind, config.date, config.run_id, schema)
+        return WritePartition(config.output, kind, config.date, config.run_id, schema, stamp)
 
     _ = predictions | "WritePredictions" >> write(PREDICTIONS, PREDICTION_SCHEMA)
     _ = errors | "WriteErrors" >> write(ERRORS, ERROR_SCHEMA)

@@ -30,6 +30,19 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+SKIP_ALL, SKIP_DATE, SKIP_NONE = "true", "date", "false"  # --skip_existing's values
+
+
+def parse_skip(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered == SKIP_DATE:
+        return SKIP_DATE
+    try:
+        return SKIP_ALL if parse_bool(lowered) else SKIP_NONE
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected true, date or false, not {text!r}") from None
+
+
 def add_switch(parser, flag: str, default: bool, help: str) -> None:
     """--flag means true; --flag=false also works (as Flex Template parameters are passed)."""
     parser.add_argument(
@@ -38,6 +51,17 @@ def add_switch(parser, flag: str, default: bool, help: str) -> None:
 
 
 CPU_BATCH, GPU_BATCH = 32, 64  # the default --batch_size without and with --require_gpu
+# Each numeric option's range (inf and nan are never in one): a worker process runs a
+# thread per read; holds max_inflight_mb of undecoded bytes and a batch of decoded images
+# (1,024 of them at 1,024 x 1,024 x 3 is 3 GiB); a 4 GiB object is no photo; progress lines
+# come at most ten times a second.
+BOUNDS = {
+    "read_concurrency": (1, 512),
+    "max_inflight_mb": (1, 16384),
+    "max_object_mb": (0.001, 4096),
+    "batch_size": (1, 1024),
+    "progress_interval": (0.1, 86400),
+}
 
 
 def native_sizes() -> str:
@@ -102,7 +126,7 @@ class LabelerOptions(PipelineOptions):
             type=int,
             default=None,
             help=f"Images per model call (default {CPU_BATCH} on CPU, {GPU_BATCH} with "
-            "--require_gpu: a GPU wants larger batches).",
+            f"--require_gpu: a GPU wants larger batches; at most {BOUNDS['batch_size'][1]}).",
         )
         parser.add_argument(
             "--read_concurrency",
@@ -110,7 +134,8 @@ class LabelerOptions(PipelineOptions):
             default=DEFAULT_READ_CONCURRENCY,
             metavar="N",
             help="Object reads in flight per worker process, apart from decoding (default "
-            "%(default)s, sized for object storage's per-request latency).",
+            "%(default)s, sized for object storage's per-request latency; at most "
+            f"{BOUNDS['read_concurrency'][1]}, one thread each).",
         )
         parser.add_argument(
             "--max_inflight_mb",
@@ -118,7 +143,8 @@ class LabelerOptions(PipelineOptions):
             default=DEFAULT_MAX_INFLIGHT_BYTES / MB,
             metavar="MB",
             help="Bytes of read but not yet decoded images per worker process (default "
-            "%(default)g): memory stays flat whatever the object sizes.",
+            "%(default)g, at most "
+            f"{BOUNDS['max_inflight_mb'][1]:g}): memory stays flat whatever the object sizes.",
         )
         parser.add_argument(
             "--max_object_mb",
@@ -126,7 +152,7 @@ class LabelerOptions(PipelineOptions):
             default=DEFAULT_MAX_OBJECT_BYTES / MB,
             metavar="MB",
             help="Objects larger than this are refused from their size, unread, as 'too large' "
-            "read errors (default %(default)g).",
+            f"read errors (default %(default)g, at most {BOUNDS['max_object_mb'][1]:g}).",
         )
         parser.add_argument(
             "--max_error_ratio",
@@ -144,13 +170,31 @@ class LabelerOptions(PipelineOptions):
             help="Fail at worker start-up when TensorFlow sees no GPU, instead of labelling "
             "on CPU (run_dataflow.sh sets it on GPU workers).",
         )
+        parser.add_argument(
+            "--skip_existing",
+            nargs="?",
+            const=SKIP_ALL,
+            default=SKIP_ALL,
+            type=parse_skip,
+            metavar="true|date|false",
+            help="true (default): label a URI only when no row under --output (any date) has "
+            "it with the same source version and model version, so a scheduled run labels only "
+            "what is new or changed and a re-run resumes; date: skip only URIs already in this "
+            "date's partition, whatever their version; false: label every input again.",
+        )
         add_switch(
             parser,
-            "--skip_existing",
-            default=True,
-            help="Label only URIs not yet in this date's predictions or errors, so re-running "
-            "a command resumes it (default true; =false labels every input again and repeats "
-            "URIs already there).",
+            "--plan",
+            default=False,
+            help="List and join as the run would, read only a small sample, write nothing, "
+            "and print what the run would do and an estimate of its cost; exit 0.",
+        )
+        parser.add_argument(
+            "--plan_sample",
+            type=int,
+            default=200,
+            metavar="N",
+            help="Images --plan reads and decodes to time them (default %(default)s).",
         )
         add_switch(
             parser,
@@ -165,7 +209,9 @@ class LabelerOptions(PipelineOptions):
             default=10.0,
             metavar="SECONDS",
             help="Seconds between progress lines when stderr is not a terminal (default "
-            "%(default)g); on a terminal the line is refreshed in place.",
+            "%(default)g, {:g} to {:g}); on a terminal the line is refreshed in place.".format(
+                *BOUNDS["progress_interval"]
+            ),
         )
         parser.add_argument(
             "--date",

@@ -25,7 +25,9 @@ def format_progress(
     done = counts["labelled"] + counts["failed"]
     total = counts["queued"]
     if total == 0:
+        listed = counts.get("listed", 0)
         what = "nothing new to label" if final else "listing the inputs"
+        what += f", {listed:,} found" if listed and not final else ""
         return f"labelling: {what} ({clock(seconds)})"
     if done == 0:
         return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"

@@ -52,12 +52,16 @@ def summarize(
     lost = counts.get("images_labelled", 0) - labelled
     detail = failure_breakdown(counts)
     skipped = counts.get("images_skipped", 0)
+    changed = counts.get("images_changed", 0)
+    identical = counts.get("images_identical", 0)
     rate = (labelled + failed) / seconds if seconds > 0 else 0.0
     return (
         f"labelled {labelled} of {counts.get('images_read', 0)} images"
         f"{f' ({lost} more labelled but not written)' if lost > 0 else ''}, {failed} failed"
         f"{f' ({detail})' if detail else ''}"
         f"{f', {skipped} already in the output' if skipped else ''}"
+        f"{f', {changed} changed since labelled' if changed else ''}"
+        f"{f', {identical} served by an identical image' if identical else ''}"
         f" in {seconds:.1f} s ({rate:.1f} images/s); "
         f"predictions: {partition_dir(config.output, PREDICTIONS, config.date)}, "
         f"errors: {partition_dir(config.output, ERRORS, config.date)}"

@@ -94,7 +94,7 @@ BAD_OPTIONS = [
     (["--output="], "--output is required"),
     (["--labels_file=TEN_LABELS"], "has 1000 outputs but the labels file has 10 names"),
     (["--progress_interval=0"], "--progress_interval must be a positive"),
-    (["--skip_existing=maybe"], "expected true or false, not 'maybe'"),
+    (["--skip_existing=maybe"], "expected true, date or false, not 'maybe'"),
     (["--output=A_FILE/out"], "cannot be written to"),
 ]
 

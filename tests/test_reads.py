@@ -22,6 +22,7 @@ from tests.runs import ROOT, read_rows
 from transforms import vocabulary as v
 from transforms.storage import bounded, local
 from transforms.storage.bounded import MB
+from transforms.storage.listing import Listed
 from transforms.storage.uris import local_path
 
 
@@ -244,7 +245,7 @@ def run_dofn(fn, uris: list[str]) -> list[tuple]:
     fn.setup()
     try:
         fn.start_bundle()
-        outs = [out for uri in uris for out in fn.process(uri)]
+        outs = [out for uri in uris for out in fn.process((Listed(uri),))]
         outs += list(fn.finish_bundle())
     finally:
         fn.teardown()
@@ -253,7 +254,7 @@ def run_dofn(fn, uris: list[str]) -> list[tuple]:
         tag = out.tag if isinstance(out, TaggedOutput) else None
         value = out.value if isinstance(out, TaggedOutput) else out
         value = value.value if isinstance(value, WindowedValue) else value
-        seen.append((tag, value["uri"], value) if tag else (tag, value[0], value[1]))
+        seen.append((tag, value["uri"], value) if tag else (tag, value[0][0].uri, value[1]))
     return seen
 
 
@@ -337,8 +338,8 @@ def test_gcs_costs_one_request_per_object(gcs, bucket, probe_model, tmp_path, sa
 
     target = storage.Client().bucket(bucket)
     photos = [f"in/photo_{i}.jpg" for i in range(8)]
-    for name in photos:
-        target.blob(name).upload_from_string(sample_jpeg)
+    for i, name in enumerate(photos):  # each its own content: identical ones are read once
+        target.blob(name).upload_from_string(noise_jpeg(64, 48, seed=10 + i))
     large = noise_jpeg(1600, 1200)  # more than the first request asks for (1 MiB)
     assert 1.2 * MB < len(large) < 3 * MB, len(large)
     target.blob("in/large.jpg").upload_from_string(large)

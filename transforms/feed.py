@@ -10,7 +10,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
@@ -22,17 +22,25 @@ from transforms.images import DEFAULT_MAX_PIXELS, decode_and_resize
 from transforms.rows import failure_row
 from transforms.storage import bounded, gcs, local
 from transforms.storage.bounded import MB
+from transforms.storage.listing import Work
 from transforms.storage.uris import is_gcs
 
 DEFAULT_READ_CONCURRENCY = 32
 DEFAULT_MAX_INFLIGHT_BYTES = 256 * MB
 DEFAULT_MAX_OBJECT_BYTES = 100 * MB
 
-Output = Any  # (uri, image) or TaggedOutput(ERRORS, error row)
+Output = Any  # (work, image) or TaggedOutput(ERRORS, error row)
 
 
-def error_output(uri: str, stage: str, exc: BaseException) -> beam.pvalue.TaggedOutput:
-    return beam.pvalue.TaggedOutput(v.ERRORS, failure_row(uri, stage, exc))
+class Failure(NamedTuple):
+    """A work unit whose read or decode failed: an error row for each of its inputs."""
+
+    work: Work
+    stage: str
+    exc: BaseException
+
+    def rows(self) -> list[dict]:
+        return [failure_row(i.uri, self.stage, self.exc, i.version) for i in self.work]
 
 
 def usable_cores() -> int:
@@ -87,8 +95,15 @@ class Feeder:
     the queue given with the URI, in completion order, exactly one per URI.
     """
 
-    def __init__(self, read_concurrency: int, max_inflight_bytes: int, max_object_bytes: int):
+    def __init__(
+        self,
+        read_concurrency: int,
+        max_inflight_bytes: int,
+        max_object_bytes: int,
+        storage_options: dict | None = None,
+    ):
         self.read_concurrency = read_concurrency
+        self.storage_options = storage_options or {}  # the job's, for gs:// (gcs.access)
         self.max_object_bytes = max_object_bytes
         self.budget = bounded.ByteBudget(max_inflight_bytes)
         # What a read whose size is not announced holds until it is read.
@@ -101,8 +116,9 @@ class Feeder:
         # Once no ReadAndDecode holds it, its threads end (the threads hold only the pools).
         weakref.finalize(self, shut_down, self._reads, self._decodes)
 
-    def submit(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue) -> None:
-        self._reads.submit(self._read, uri, image_size, max_pixels, done)
+    def submit(self, work: Work, image_size: int, max_pixels: int, done: queue.SimpleQueue):
+        """Reads and decodes the work's first input; puts (work, image) or a Failure."""
+        self._reads.submit(self._read, work, image_size, max_pixels, done)
 
     def read_bytes(self, uri: str) -> bytes:
         """The object's bytes, held in the budget (the caller releases len(result))."""
@@ -114,26 +130,26 @@ class Feeder:
     def _gcs_reader(self) -> gcs.GcsReader:
         with self._gcs_lock:
             if self._gcs is None:
-                self._gcs = gcs.GcsReader(self.read_concurrency)
+                self._gcs = gcs.GcsReader(self.read_concurrency, self.storage_options)
             return self._gcs
 
-    def _read(self, uri: str, image_size: int, max_pixels: int, done: queue.SimpleQueue):
+    def _read(self, work: Work, image_size: int, max_pixels: int, done: queue.SimpleQueue):
         try:
-            data = self.read_bytes(uri)
+            data = self.read_bytes(work[0].uri)
         except BaseException as e:  # every failure becomes an error row
-            done.put(error_output(uri, v.READ, e))
+            done.put(Failure(work, v.READ, e))
             return
         try:
-            self._decodes.submit(self._decode, uri, data, image_size, max_pixels, done)
+            self._decodes.submit(self._decode, work, data, image_size, max_pixels, done)
         except BaseException as e:  # a pool shut down under us
             self.budget.release(len(data))
-            done.put(error_output(uri, v.DECODE, e))
+            done.put(Failure(work, v.DECODE, e))
 
-    def _decode(self, uri: str, data: bytes, image_size: int, max_pixels: int, done):
+    def _decode(self, work: Work, data: bytes, image_size: int, max_pixels: int, done):
         try:
-            out = uri, decode_and_resize(data, image_size, max_pixels)
+            out = work, decode_and_resize(data, image_size, max_pixels)
         except BaseException as e:  # every failure becomes an error row
-            out = error_output(uri, v.DECODE, e)
+            out = Failure(work, v.DECODE, e)
         finally:
             self.budget.release(len(data))
             del data
@@ -150,9 +166,11 @@ def shut_down(*pools: Workers) -> None:
 _FEEDER = Shared()
 
 
-def acquire_feeder(*settings: int) -> Feeder:
-    """The process's Feeder for these settings, made on first use."""
-    return _FEEDER.acquire(lambda: Feeder(*settings), tag=settings)
+def acquire_feeder(*settings: int, storage_options: dict | None = None) -> Feeder:
+    """The process's Feeder for these settings and the job's storage options (the
+    job_options() dict gs:// reads are made with), made on first use."""
+    options = storage_options or {}
+    return _FEEDER.acquire(lambda: Feeder(*settings, options), tag=(*settings, options))
 
 
 class ReadAndDecode(beam.DoFn):
@@ -171,22 +189,26 @@ class ReadAndDecode(beam.DoFn):
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        storage_options: dict | None = None,
     ):
         self._image_size = image_size
         self._settings = (read_concurrency, max_inflight_bytes, max_object_bytes)
+        # The job's PipelineOptions that were set (gcs.job_options), taken at graph
+        # construction so the workers read gs:// as the job, as Beam's own client does.
+        self._storage_options = storage_options or {}
         self._max_pixels = max_pixels
 
     def setup(self):
-        self._feeder = acquire_feeder(*self._settings)
+        self._feeder = acquire_feeder(*self._settings, storage_options=self._storage_options)
         self._ahead = self._feeder.read_concurrency + 2 * self._feeder.decode_threads
 
     def start_bundle(self):
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
 
-    def process(self, uri: str):
-        metrics.images_read.inc()
-        self._feeder.submit(uri, self._image_size, self._max_pixels, self._done)
+    def process(self, work: Work):
+        metrics.images_read.inc(len(work))
+        self._feeder.submit(work, self._image_size, self._max_pixels, self._done)
         self._pending += 1
         yield from self._take(block=self._pending > self._ahead)
 
@@ -199,10 +221,13 @@ class ReadAndDecode(beam.DoFn):
                 return
             block = False
             self._pending -= 1
-            # Counted here, on the bundle's thread: Beam metrics do not see the pool's threads.
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                metrics.count_failure(out.value)
-            yield wrap(out)
+            if not isinstance(out, Failure):
+                yield wrap(out)
+                continue
+            for row in out.rows():
+                # Counted here, on the bundle's thread: Beam metrics do not see the pool's.
+                metrics.count_failure(row)
+                yield wrap(beam.pvalue.TaggedOutput(v.ERRORS, row))
 
     def finish_bundle(self):
         while self._pending:

@@ -112,6 +112,17 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXE
     return resize_square(rgb, size)
 
 
+def preprocess_id(size: int) -> str:
+    """What changes pixels, in a row's `preprocess` column: the input side, the resize kernel,
+    the JPEG DCT floor and the decoders' versions."""
+    import PIL
+
+    return (
+        f"{size}x{size} bilinear dct>={DCT_FLOOR}x simplejpeg-{simplejpeg.__version__} "
+        f"pillow-{PIL.__version__}"
+    )
+
+
 def resize_square(rgb: Image.Image, size: int) -> np.ndarray:
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)

@@ -14,18 +14,20 @@ REASON_PREFIX = "reason:"  # one counter per stage and reason: reason:<stage>:<r
 images_queued = Metrics.counter(NAMESPACE, "images_queued")  # new URIs, after the skip
 images_read = Metrics.counter(NAMESPACE, "images_read")
 images_skipped = Metrics.counter(NAMESPACE, "images_skipped")  # already in the output
+images_changed = Metrics.counter(NAMESPACE, "images_changed")  # labelled before, source changed
+images_identical = Metrics.counter(NAMESPACE, "images_identical")  # served by another's read
 images_labelled = Metrics.counter(NAMESPACE, "images_labelled")
 failed = {stage: Metrics.counter(NAMESPACE, f"failed_{stage}") for stage in STAGES}
 
 
 class LiveCounts:
-    """Queued, labelled and failed images of the runs in this process, readable while they
+    """Listed, queued, labelled and failed images of the runs in this process, readable while they
     run (Beam's DirectRunner offers no live metrics). Workers in other processes (Dataflow,
     Flink, multi-process DirectRunner) count only into the Beam metrics above."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._counts = {"queued": 0, "labelled": 0, "failed": 0}
+        self._counts = {"listed": 0, "queued": 0, "labelled": 0, "failed": 0}
 
     def reset(self) -> None:
         with self._lock:
@@ -41,6 +43,11 @@ class LiveCounts:
 
 
 LIVE = LiveCounts()
+
+
+def count_listed() -> None:
+    """An input found by a listing (gs:// listings are long: the progress line shows it)."""
+    LIVE.add("listed")
 
 
 def count_queued() -> None:

@@ -3,6 +3,9 @@ URIs a date's partitions already hold (what a re-run skips)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
@@ -13,6 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 
 from transforms.printable import error_line, printable
+from transforms.rows import MODEL_VERSION, SOURCE_VERSION
+from transforms.storage.uris import glob_escape, local_path
 from transforms.vocabulary import KINDS
 
 TEMP_DIR = "_temp"  # '_' keeps pyarrow, Spark and BigQuery from reading it as data
@@ -25,8 +30,9 @@ def partition_dir(root: str, kind: str, date: str) -> str:
 
 
 def part_files(root: str, kind: str, date: str) -> str:
-    """Glob of a partition's finished files (temporary files never match it)."""
-    return FileSystems.join(partition_dir(root, kind, date), "part-*.parquet")
+    """Glob of a partition's finished files (temporary files never match it); glob
+    characters in ROOT itself stand for themselves."""
+    return FileSystems.join(glob_escape(root.rstrip("/")), kind, f"date={date}", "part-*.parquet")
 
 
 def part_name(run_id: str, shard: int, shards: int) -> str:
@@ -37,11 +43,28 @@ def temp_dir(root: str, run_id: str, kind: str) -> str:
     return FileSystems.join(root.rstrip("/"), TEMP_DIR, f"{run_id}-{kind}")
 
 
+def delete_exactly(paths: list[str]) -> None:
+    """Deletes exactly these files or folders. Beam's delete matches each path as a glob
+    first, so a folder named with '[' or '*' would match nothing: local paths are removed
+    here, others are given to Beam with their glob characters escaped."""
+    remote = []
+    for path in paths:
+        local = local_path(path)
+        if local is None:
+            remote.append(glob_escape(path))
+        elif os.path.isdir(local) and not os.path.islink(local):
+            shutil.rmtree(local)
+        else:
+            os.remove(local)
+    if remote:
+        FileSystems.delete(remote)
+
+
 def remove_temp(root: str, run_id: str, kinds: tuple[str, ...] = KINDS) -> None:
     """A run's temporary folders, empty by then, go (local disk has folders; object stores
     have none to remove)."""
     paths = [temp_dir(root, run_id, kind) for kind in kinds]
-    FileSystems.delete([p for p in paths if FileSystems.exists(p)])
+    delete_exactly([p for p in paths if FileSystems.exists(p)])
 
 
 def probe_writable(root: str, run_id: str) -> None:
@@ -50,14 +73,16 @@ def probe_writable(root: str, run_id: str) -> None:
     what the file system raised."""
     probe = FileSystems.join(temp_dir(root, run_id, PROBE), "writable")
     FileSystems.create(probe).close()
-    FileSystems.delete([probe])
+    delete_exactly([probe])
     remove_temp(root, run_id, (PROBE,))
 
 
 def committed_rows(root: str, kind: str, date: str, run_id: str) -> int:
     """Rows this run has in the partition: the files renamed into place, read from their
     footers. What the run counted but is not here was lost."""
-    pattern = FileSystems.join(partition_dir(root, kind, date), f"part-{run_id}-*.parquet")
+    pattern = FileSystems.join(
+        glob_escape(partition_dir(root, kind, date)), f"part-{run_id}-*.parquet"
+    )
     total = 0
     for meta in FileSystems.match([pattern])[0].metadata_list:
         with FileSystems.open(meta.path) as f:
@@ -105,29 +130,27 @@ def check_part_file(path: str) -> None:
 
 
 def check_partitions(root: str, date: str, threads: int = 16) -> None:
-    """Every part-*.parquet of the date's predictions and errors has a readable footer, so a
-    broken file stops the run at start-up with one line naming it (PartFileError)."""
-    paths = [
-        m.path
-        for kind in KINDS
-        for m in FileSystems.match([part_files(root, kind, date)])[0].metadata_list
-    ]
+    """Every part-*.parquet of the date's predictions and errors ('*': every date's) has a
+    readable footer, so a broken file stops the run at start-up with one line naming it
+    (PartFileError)."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(check_part_file, sorted(paths)))
+        list(pool.map(check_part_file, done_files(root, date)))
 
 
 class ParquetSink(fileio.FileSink):
-    """Rows (dicts) -> one Parquet file, written in row groups of ROWS_PER_GROUP."""
+    """Rows (dicts) -> one Parquet file, written in row groups of ROWS_PER_GROUP; `stamp`'s
+    columns (the run's model version and preprocessing) are set on every row."""
 
-    def __init__(self, schema: pa.Schema):
+    def __init__(self, schema: pa.Schema, stamp: dict | None = None):
         self._schema = schema
+        self._stamp = stamp or {}
 
     def open(self, fh) -> None:
         self._writer = pq.ParquetWriter(fh, self._schema, compression="snappy")
         self._rows: list[dict] = []
 
     def write(self, record: dict) -> None:
-        self._rows.append(record)
+        self._rows.append({**record, **self._stamp})
         if len(self._rows) >= ROWS_PER_GROUP:
             self._write_rows()
 
@@ -149,33 +172,67 @@ class WritePartition(beam.PTransform):
     _temp/, never in the data. run_id keeps runs from overwriting each other.
     """
 
-    def __init__(self, root: str, kind: str, date: str, run_id: str, schema: pa.Schema):
+    def __init__(
+        self, root: str, kind: str, date: str, run_id: str, schema: pa.Schema, stamp: dict
+    ):
         super().__init__()
         self._root, self._kind, self._date, self._run_id = root, kind, date, run_id
-        self._schema = schema
+        self._schema, self._stamp = schema, stamp
 
     def expand(self, rows):
-        schema, run_id = self._schema, self._run_id
+        schema, run_id, stamp = self._schema, self._run_id, self._stamp
         temp = temp_dir(self._root, run_id, self._kind)
         return rows | fileio.WriteToFiles(
             path=partition_dir(self._root, self._kind, self._date),
             file_naming=lambda window, pane, shard, shards, *_: part_name(run_id, shard, shards),
-            sink=lambda _destination: ParquetSink(schema),
+            sink=lambda _destination: ParquetSink(schema, stamp),
             temp_directory=StaticValueProvider(str, temp),
         )
 
 
-class ExistingUris(beam.PTransform):
-    """Every URI already in the date's predictions or errors (empty for a new date)."""
+DONE_COLUMNS = ("uri", SOURCE_VERSION, MODEL_VERSION)
+Versions = tuple[str | None, str | None]  # a done row's (source_version, model_version)
+
+
+def done_files(root: str, date: str) -> list[str]:
+    """The finished part files of the date's predictions and errors ('*': every date's)."""
+    return sorted(
+        m.path
+        for kind in KINDS
+        for m in FileSystems.match([part_files(root, kind, date)])[0].metadata_list
+    )
+
+
+def done_rows(path: str) -> Iterator[tuple[str, Versions]]:
+    """(uri, (source_version, model_version)) of each row of one part file, only those
+    columns read; a file written before rows carried versions gives (None, None): done
+    whatever the version."""
+    with FileSystems.open(path) as f:
+        parquet = pq.ParquetFile(f)
+        columns = [c for c in DONE_COLUMNS if c in parquet.schema_arrow.names]
+        table = parquet.read(columns=columns)
+    uris = table.column("uri").to_pylist()
+    missing = [None] * len(uris)
+    versions = [
+        table.column(c).to_pylist() if c in columns else missing
+        for c in (SOURCE_VERSION, MODEL_VERSION)
+    ]
+    yield from zip(uris, zip(*versions, strict=True), strict=True)
+
+
+class ExistingRows(beam.PTransform):
+    """(uri, (source_version, model_version)) of every row already in the date's predictions
+    and errors ('*': every date's); empty where there is none. The files are found at start-up
+    and read in parallel."""
 
     def __init__(self, root: str, date: str):
         super().__init__()
-        self._patterns = [part_files(root, kind, date) for kind in KINDS]
+        self._files = done_files(root, date)
 
     def expand(self, pipeline):
         return (
             pipeline
-            | "Partitions" >> beam.Create(self._patterns)
-            | "ReadUris" >> beam.io.ReadAllFromParquet(columns=["uri"])
-            | "Uri" >> beam.Map(lambda row: row["uri"])
+            | "PartFiles" >> beam.Create(self._files)
+            | "Spread" >> beam.Reshuffle()
+            | "ReadDone" >> beam.FlatMap(done_rows)
         )

@@ -10,7 +10,8 @@ import numpy as np
 
 from transforms import metrics
 from transforms import vocabulary as v
-from transforms.rows import error_row, utc_now
+from transforms.rows import SOURCE_VERSION, error_row, utc_now
+from transforms.storage.listing import Work
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,21 +36,31 @@ def best_first(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-values, kind="stable")[:k]
 
 
-def prediction_row(uri: str, logits: np.ndarray, labels: Sequence[str], k: int, model: str) -> dict:
+def prediction_rows(
+    work: Work, logits: np.ndarray, labels: Sequence[str], k: int, model: str
+) -> list[dict]:
+    """One prediction row per input of the work (inputs of identical content share one
+    inference), each with its own URI and source version."""
     ids, scores = top_k(logits, k)
     class_ids = ids.tolist()
-    return {
-        "uri": uri,
-        "class_ids": class_ids,
-        "labels": [labels[i] for i in class_ids],
-        "scores": scores.tolist(),
-        "model": model,
-        "processed_at": utc_now(),
-    }
+    names, probs, now = [labels[i] for i in class_ids], scores.tolist(), utc_now()
+    return [
+        {
+            "uri": item.uri,
+            "class_ids": class_ids,
+            "labels": names,
+            "scores": probs,
+            "model": model,
+            SOURCE_VERSION: item.version,
+            "processed_at": now,
+        }
+        for item in work
+    ]
 
 
 class ToPredictionRow(beam.DoFn):
-    """(uri, PredictionResult) -> prediction row, counted as labelled."""
+    """(work, PredictionResult) -> a prediction row per input of the work, each counted as
+    labelled."""
 
     def __init__(self, labels: Sequence[str], k: int, model: str):
         self._labels = list(labels)
@@ -57,17 +68,20 @@ class ToPredictionRow(beam.DoFn):
         self._model = model
 
     def process(self, element):
-        uri, result = element
-        metrics.count_labelled()
-        yield prediction_row(uri, result.inference, self._labels, self._k, self._model)
+        work, result = element
+        for row in prediction_rows(work, result.inference, self._labels, self._k, self._model):
+            metrics.count_labelled()
+            yield row
 
 
 def failed_batch_rows(failure) -> Iterable[dict]:
-    """RunInference's dead letter (batch of (uri, image), exception info) -> a row per URI."""
+    """RunInference's dead letter (batch of (work, image), exception info) -> a row per
+    input."""
     batch, (exc_type, _, trace) = failure
     # The traceback's last line reads "ExceptionType: message", the form error rows carry.
     error = trace[-1].strip() if trace else exc_type.__name__
-    for uri, _ in batch:
-        row = error_row(uri, v.INFERENCE, v.MODEL_FAILED, error)
-        metrics.count_failure(row)
-        yield row
+    for work, _ in batch:
+        for item in work:
+            row = error_row(item.uri, v.INFERENCE, v.MODEL_FAILED, error, item.version)
+            metrics.count_failure(row)
+            yield row

@@ -8,6 +8,17 @@ import pyarrow as pa
 
 from transforms.vocabulary import reason_for
 
+# Which input, which weights and which pixels produced a row (README "Output"): the source's
+# version as listed (storage/listing.py), a digest of the model's content
+# (models/catalog.model_version) and what changes pixels (images.preprocess_id). What a re-run
+# compares to skip what is done: (uri, source_version, model_version).
+SOURCE_VERSION, MODEL_VERSION, PREPROCESS = "source_version", "model_version", "preprocess"
+PROVENANCE = [
+    (SOURCE_VERSION, pa.string()),
+    (MODEL_VERSION, pa.string()),
+    (PREPROCESS, pa.string()),
+]
+
 PREDICTION_SCHEMA = pa.schema(
     [
         ("uri", pa.string()),
@@ -15,6 +26,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("labels", pa.list_(pa.string())),
         ("scores", pa.list_(pa.float32())),
         ("model", pa.string()),
+        *PROVENANCE,
         ("processed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -25,6 +37,7 @@ ERROR_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("error", pa.string()),
+        *PROVENANCE,
         ("processed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -39,17 +52,19 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def error_row(uri: str, stage: str, reason: str, error: str) -> dict:
-    """An error row; `reason` is one of vocabulary.REASONS[stage], `error` the detail."""
+def error_row(uri: str, stage: str, reason: str, error: str, source_version: str = "") -> dict:
+    """An error row; `reason` is one of vocabulary.REASONS[stage], `error` the detail (the
+    model version and preprocessing are stamped on as the rows are written)."""
     return {
         "uri": uri,
         "stage": stage,
         "reason": reason,
         "error": error,
+        SOURCE_VERSION: source_version,
         "processed_at": utc_now(),
     }
 
 
-def failure_row(uri: str, stage: str, exc: BaseException) -> dict:
+def failure_row(uri: str, stage: str, exc: BaseException, source_version: str = "") -> dict:
     """The error row for an exception raised while `stage` worked on `uri`."""
-    return error_row(uri, stage, reason_for(stage, exc), describe(exc))
+    return error_row(uri, stage, reason_for(stage, exc), describe(exc), source_version)

@@ -13,7 +13,9 @@ import tempfile
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.storage.local import read_whole
 from transforms.storage.uris import is_remote_file_uri, is_web_url
+from transforms.vocabulary import ImageError
 
 DEFAULT_MODEL = "https://tfhub.dev/tensorflow/efficientnet/b3/classification/1"
 # The built-in model (lite0.py, whose NAME this is; imported only when used: it loads
@@ -118,14 +120,36 @@ def resolve_model_dir(handle: str) -> str:
     return copy_model_locally(folder) if is_remote_file_uri(folder) else folder
 
 
+VERSION_FILES = ("saved_model.pb", "variables/variables.index")  # the graph; every weight's crc32c
+
+
+def model_version(folder: str) -> str:
+    """A digest of the model's content: SHA-256 over saved_model.pb and the variables' index
+    (which holds a checksum of every weight), so new weights under the same name are a new
+    version. Read once at start-up, with Beam's FileSystems (gs:// too)."""
+    digest = hashlib.sha256()
+    for name in VERSION_FILES:
+        digest.update(name.encode() + b"\0")
+        path = FileSystems.join(folder.rstrip("/"), *name.split("/"))
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+# Protocol buffers cannot exceed 2 GiB; a SavedModel's graph is MBs (its weights are in
+# variables/), so 1 GiB refuses only what is not a SavedModel's, before it fills memory.
+MAX_SAVED_MODEL_BYTES = 1 << 30
+
+
 def saved_model_outputs(model_dir: str) -> int | None:
     """Number of outputs of the SavedModel's __call__, read from saved_model.pb alone (no
     variables loaded), or None when the file does not say (then the load-time check rules)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
-    with FileSystems.open(FileSystems.join(model_dir.rstrip("/"), "saved_model.pb")) as f:
-        saved.ParseFromString(f.read())
+    pb = FileSystems.join(model_dir.rstrip("/"), "saved_model.pb")
+    saved.ParseFromString(read_whole(pb, MAX_SAVED_MODEL_BYTES))
     graph = saved.meta_graphs[0].object_graph_def
     calls = [c.node_id for c in graph.nodes[0].children if c.local_name == "__call__"]
     sizes = {
@@ -167,6 +191,8 @@ def check_model(handle: str, num_labels: int) -> str:
         )
     try:
         outputs = saved_model_outputs(folder)
+    except ImageError as e:  # a FIFO, a device, a folder, too large: refused unread
+        raise ModelError(f"--model {handle}: saved_model.pb cannot be read ({e})") from None
     except Exception as e:  # not a protobuf, or not a SavedModel's
         reason = (str(e).strip().splitlines() or [""])[0]
         raise ModelError(

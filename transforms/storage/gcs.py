@@ -1,30 +1,189 @@
-"""gs:// reads for feed.py: each object in one GET of its media, on google-auth's urllib3
-transport, with the credentials, endpoint and retry policy of Beam's own storage client.
+"""gs:// for the job, on one credentials path: the job's PipelineOptions made into the storage
+client Beam's GcsIO would make (credentials, project, headers), for the reads (feed.py), the
+start-up bucket check (pipeline/config.py) and listings.
 
-Why not the storage client's download: under 32 reads in flight it cost 2.5 ms of CPU per
-object, most of it in requests' per-request machinery under the GIL, against 0.9 ms here
-(benchmark machine): more than a decode of a 500x375 photo, paid on the decoding cores.
+Reads are one GET of an object's media on google-auth's urllib3 transport, not the storage
+client's download: under 32 reads in flight that cost 2.5 ms of CPU per object, most of it
+in requests' per-request machinery under the GIL, against 0.9 ms here (benchmark machine).
+tests/test_gcs_contract.py holds the reader to the client's download_as_bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import urllib.parse
 import urllib.request
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from transforms import vocabulary as v
 from transforms.storage.bounded import ByteBudget, read_at_most, too_large
-from transforms.storage.uris import split_gcs
+from transforms.storage.listing import Listed
+from transforms.storage.uris import gcs_buckets, split_gcs
 
 TIMEOUT_S = 60  # connect and read, as the storage client's default
 ERROR_BODY_BYTES = 64 << 10  # the most of an error reply kept for its message
+CHECK_SECONDS = 10.0  # the bucket check retries transient faults this long
+PAGE_SIZE = 1000  # objects per listing request (the JSON API's most)
+LIST_FIELDS = "items(name,generation,size,md5Hash,crc32c),nextPageToken"
+ADC_HINT = (
+    "use Application Default Credentials that can read it (gcloud auth "
+    "application-default login, or GOOGLE_APPLICATION_CREDENTIALS)"
+)
 
 
 class ChecksumMismatch(Exception):
     """The bytes received do not match the object's stored checksum (not retried, as by
     the storage client)."""
+
+
+class BadGzip(Exception):
+    """An object stored with Content-Encoding: gzip whose bytes are not gzip data."""
+
+
+class BucketError(ValueError):
+    """A bucket the job names cannot be used; the message is one line for the user."""
+
+
+def job_options(options: Any) -> dict:
+    """The options set for the job (PipelineOptions.get_all_options, defaults dropped): a
+    plain dict, so it travels to the workers inside a DoFn; access() takes it back."""
+    return options.get_all_options(drop_default=True)
+
+
+def pipeline_options(options: Any) -> Any:
+    """PipelineOptions from a job_options() dict (or PipelineOptions, as they are)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if isinstance(options, PipelineOptions):
+        return options
+    return PipelineOptions([], **dict(options or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+    """The job's way into Cloud Storage: a storage client set up as Beam's
+    create_storage_client sets it up, and what a plain HTTP request needs to act the same
+    (its credentials and headers)."""
+
+    client: Any  # google.cloud.storage.Client
+    credentials: Any  # google.auth credentials (AnonymousCredentials when there are none)
+    headers: dict[str, str]
+    anonymous: bool
+
+
+def access(options: Mapping | Any) -> Access:
+    """The job's Access, from its options as Beam's create_storage_client reads them: the
+    credentials of apache_beam.internal.gcp.auth (Application Default Credentials, with
+    --impersonate_service_account; none found: anonymous), --project, Beam's user agent and
+    the audit headers (x-goog-custom-audit-job from --job_name, --gcs_custom_audit_entries).
+    Built here rather than taken from Beam's client so that nothing private of the client is
+    read: tests/test_gcs_reads.py checks the two clients agree."""
+    from apache_beam import version as beam_version
+    from apache_beam.internal.gcp import auth
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from google.api_core.client_info import ClientInfo
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    options = pipeline_options(options)
+    found = auth.get_service_credentials(options)
+    if found is None:  # as storage.Client.create_anonymous_client(), our ClientInfo kept
+        info = ClientInfo()
+        credentials = AnonymousCredentials()
+        client = storage.Client(project="<none>", credentials=credentials, client_info=info)
+        client.project = None
+        extra: dict[str, str] = {}
+    else:
+        cloud = options.view_as(GoogleCloudOptions)
+        info = ClientInfo(user_agent=f"apache-beam/{beam_version.__version__} (GPN:Beam)")
+        extra = {"x-goog-custom-audit-job": cloud.job_name or "UNKNOWN"}
+        extra.update(cloud.gcs_custom_audit_entries or {})
+        credentials = found.get_google_auth_credentials()
+        client = storage.Client(
+            credentials=credentials,
+            project=cloud.project,
+            client_info=info,
+            extra_headers=extra,
+        )
+    # The client's connection completes the ClientInfo it was given (library versions), so
+    # this is the user agent the client itself sends.
+    agent = info.to_user_agent()
+    headers = {"User-Agent": agent}
+    return Access(client, credentials, headers, anonymous=found is None)
+
+
+def check_buckets(uris: Iterable[str | None], options: Mapping | Any) -> None:
+    """Every gs:// bucket among `uris` can be listed with the job's credentials (the ones
+    the reads use), else BucketError, one line naming the bucket."""
+    buckets = gcs_buckets(uris)
+    if not buckets:
+        return
+    import google.auth.transport.requests
+    from google.api_core import exceptions
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    try:
+        job = access(options)
+        if job.anonymous and os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            # Named explicitly but unusable: say so rather than go on anonymously.
+            raise ValueError(
+                f"GOOGLE_APPLICATION_CREDENTIALS={os.environ['GOOGLE_APPLICATION_CREDENTIALS']}"
+                " gives no credentials"
+            )
+        if not job.anonymous:  # a refused key or token shows here, not as a listing fault
+            job.credentials.refresh(google.auth.transport.requests.Request())
+    except Exception as e:  # a bad key file, a refused token, no network
+        raise BucketError(
+            f"gs://{buckets[0]}: the credentials do not work ({e}); {ADC_HINT}"
+        ) from None
+    retry = DEFAULT_RETRY.with_timeout(CHECK_SECONDS)
+    for bucket in buckets:
+        try:
+            list(job.client.list_blobs(bucket, max_results=1, retry=retry, timeout=5))
+        except exceptions.NotFound:
+            raise BucketError(f"bucket gs://{bucket} does not exist") from None
+        except (exceptions.Forbidden, exceptions.Unauthorized) as e:
+            raise BucketError(f"no access to gs://{bucket} ({e.message}); {ADC_HINT}") from None
+        except Exception as e:  # unreachable after retries
+            raise BucketError(f"cannot reach gs://{bucket} ({type(e).__name__}: {e})") from None
+
+
+def list_objects(
+    prefix_uri: str, options: Mapping | Any, on_page: Callable[[int], Any] | None = None
+) -> Iterator[Listed]:
+    """The objects under gs://bucket/prefix, in name order, with the job's credentials:
+    PAGE_SIZE a request, only the fields a Listed needs. on_page(n) is called after each
+    page with the number listed so far."""
+    bucket, prefix = split_gcs(prefix_uri)
+    blobs = access(options).client.list_blobs(
+        bucket, prefix=prefix or None, page_size=PAGE_SIZE, fields=LIST_FIELDS
+    )
+    listed = 0
+    for page in blobs.pages:
+        for blob in page:
+            listed += 1
+            yield listed_blob(bucket, blob)
+        if on_page is not None:
+            on_page(listed)
+
+
+def listed_blob(bucket: str, blob: Any) -> Listed:
+    """A Blob of a listing as a Listed: version its generation, checksum its crc32c, else
+    its md5, else none."""
+    if blob.crc32c:
+        checksum = f"crc32c:{blob.crc32c}"
+    elif blob.md5_hash:
+        checksum = f"md5:{blob.md5_hash}"
+    else:
+        checksum = ""
+    size = -1 if blob.size is None else int(blob.size)
+    version = "" if blob.generation is None else str(blob.generation)
+    return Listed(f"gs://{bucket}/{blob.name}", size, version, checksum)
 
 
 def media_url(endpoint: str, uri: str) -> str:
@@ -53,6 +212,33 @@ def check_hash(x_goog_hash: str | None, data: bytes, uri: str) -> None:
         raise ChecksumMismatch(f"{uri}: {name} of the {len(data):,} bytes read does not match")
 
 
+def gunzip_at_most(data: bytes, max_bytes: int, uri: str) -> bytes:
+    """The content of gzip `data`, every member, as the storage client's download gives it
+    (urllib3's decoder: bytes after the first member that are not gzip are ignored); past
+    max_bytes it stops and raises too large, having inflated at most max_bytes + 1 bytes."""
+    parts: list[bytes] = []
+    total, rest, first = 0, data, True
+    while rest:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            parts.append(inflate.decompress(rest, max_bytes + 1 - total))
+        except zlib.error as e:
+            if first:
+                raise BadGzip(f"{uri}: stored as gzip, but its bytes are not ({e})") from None
+            break  # trailing bytes that are not gzip
+        total += len(parts[-1])
+        if total > max_bytes:
+            raise v.ImageError(
+                v.TOO_LARGE,
+                f"{uri} inflates to more than the limit of {max_bytes:,} bytes "
+                f"(--max_object_mb) from {len(data):,} stored as gzip",
+            )
+        if not inflate.eof:
+            raise BadGzip(f"{uri}: its gzip data ends early ({len(data):,} bytes stored)")
+        rest, first = inflate.unused_data, False
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def environment_pool(endpoint: str, size: int) -> Any:
     """A urllib3 pool of `size` connections per host, set up as requests would be from the
     environment for this endpoint: its proxy (unless NO_PROXY bypasses it) and CA bundle
@@ -70,35 +256,34 @@ def environment_pool(endpoint: str, size: int) -> Any:
 
 
 class GcsReader:
-    """Reads gs:// objects whole and bounded, up to `connections` at once."""
+    """Reads gs:// objects whole and bounded, up to `connections` at once, as the job: the
+    credentials, endpoint and headers of access(options), Beam's retry policy."""
 
-    def __init__(self, connections: int):
+    def __init__(self, connections: int, options: Mapping | Any = None):
         import urllib3
-        from apache_beam.io.gcp.gcsio import create_storage_client
         from apache_beam.io.gcp.gcsio_retry import DEFAULT_RETRY_WITH_THROTTLING_COUNTER
-        from apache_beam.options.pipeline_options import PipelineOptions
         from google.auth.transport.urllib3 import AuthorizedHttp
 
-        client = create_storage_client(PipelineOptions())  # Beam's credentials and endpoint
-        connection = client._connection
-        self.endpoint = connection.API_BASE_URL
-        self._headers = {
-            **connection.extra_headers,
-            "User-Agent": connection.user_agent,
-            "Accept-Encoding": "gzip",  # the bytes as stored, which the checksums are of
-        }
+        job = access(options)
+        self.endpoint = job.client.api_endpoint
+        self.credentials = job.credentials
+        # Accept-Encoding: the bytes as stored, which the checksums are of (gzip inflated here).
+        self.headers = {**job.headers, "Accept-Encoding": "gzip"}
         pool = environment_pool(self.endpoint, connections + 4)
-        self._http = AuthorizedHttp(client._credentials, http=pool)
+        self._http = AuthorizedHttp(job.credentials, http=pool)
         self._retry = DEFAULT_RETRY_WITH_THROTTLING_COUNTER
         self._timeout = urllib3.Timeout(connect=TIMEOUT_S, read=TIMEOUT_S)
 
     def read(self, uri: str, max_bytes: int, unknown_size: int, budget: ByteBudget) -> bytes:
-        """The object's bytes; on return len(result) bytes are held in `budget`.
+        """The object's bytes, as the storage client's download_as_bytes gives them (one
+        stored with Content-Encoding: gzip inflated, at most max_bytes of it); on return
+        len(result) bytes are held in `budget`.
 
         One request: an object whose announced size is above max_bytes is refused from the
         headers, its body unread; one whose size is not announced holds `unknown_size` bytes
-        until read. Transient faults are retried by Beam's policy; 404 raises NotFound and
-        403 Forbidden (google.api_core.exceptions).
+        until read. The stored checksum is checked on the bytes as stored. Transient faults
+        are retried by Beam's policy; 404 raises NotFound and 403 Forbidden
+        (google.api_core.exceptions).
         """
         return self._retry(self._attempt)(uri, max_bytes, unknown_size, budget)
 
@@ -108,7 +293,7 @@ class GcsReader:
         response = self._http.request(
             "GET",
             media_url(self.endpoint, uri),
-            headers=self._headers,
+            headers=self.headers,
             preload_content=False,
             decode_content=False,
             retries=False,  # the retry policy above decides
@@ -125,10 +310,13 @@ class GcsReader:
             expected = int(announced) if announced is not None else min(unknown_size, max_bytes)
             if announced is not None and expected > max_bytes:
                 raise too_large(uri, expected, max_bytes)
+            gzipped = response.headers.get("Content-Encoding", "").strip().lower() == "gzip"
             budget.acquire(expected)
             try:
                 data = read_at_most(response.read, expected, max_bytes, uri)
                 check_hash(response.headers.get("x-goog-hash"), data, uri)
+                if gzipped:
+                    data = gunzip_at_most(data, max_bytes, uri)
             except BaseException:
                 budget.release(expected)
                 raise

@@ -5,10 +5,11 @@ releases them (after decoding), so bytes in flight stay under a limit whatever t
 from __future__ import annotations
 
 import os
+import select
 import stat
 
 from transforms import vocabulary as v
-from transforms.storage.bounded import ByteBudget, read_at_most, too_large
+from transforms.storage.bounded import CHUNK, ByteBudget, read_at_most, too_large
 from transforms.storage.uris import local_path
 
 _KINDS = (
@@ -89,3 +90,43 @@ def read_beam(uri: str, max_bytes: int, budget: ByteBudget) -> bytes:
         raise
     budget.resize(size, len(data))
     return data
+
+
+def read_whole(uri: str, max_bytes: int) -> bytes:
+    """A file the job reads at start-up (a labels file, a model's saved_model.pb), read as
+    an image is (read_bounded, on a budget of its own): a regular file of at most max_bytes,
+    else ImageError (NOT_A_FILE or TOO_LARGE) without reading past the limit, or the OSError
+    the file system raised. A FIFO or device is refused from its metadata, never opened."""
+    try:
+        return read_bounded(uri, max_bytes, ByteBudget(max_bytes))
+    except v.ImageError as e:
+        if e.reason != v.TOO_LARGE:
+            raise
+        raise v.ImageError(v.TOO_LARGE, f"{uri} is more than {max_bytes:,} bytes") from None
+
+
+class StreamError(ValueError):
+    """A pipe, FIFO or terminal that could not be read whole: too much, or silent too long."""
+
+
+def read_stream(fd: int, max_bytes: int, idle_seconds: float) -> bytes:
+    """Everything an open pipe, FIFO or character device (an --input_manifest of
+    /dev/stdin) gives until its end, read once: StreamError past max_bytes (having read at
+    most max_bytes + 1 bytes, so /dev/zero is refused in bounded memory) or when nothing
+    arrives for idle_seconds (a FIFO no one writes to). `fd` must be non-blocking."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    parts, total = [], 0
+    while True:
+        if not poller.poll(int(idle_seconds * 1000)):
+            raise StreamError(f"nothing arrived for {idle_seconds:g} s")
+        try:
+            chunk = os.read(fd, min(CHUNK, max_bytes + 1 - total))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise StreamError(f"gives more than {max_bytes:,} bytes")
