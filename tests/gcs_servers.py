@@ -6,7 +6,8 @@ python -m tests.gcs_servers PORT DATA_DIR LOG runs the emulator until stdin clos
 each request to LOG. With faults on, the server itself behaves more like GCS: every download
 takes at least 30 ms (so a run's reads spread over time, as against a real bucket), an object
 whose name contains "flaky" answers its first download with 503, one containing "forbidden"
-always answers 403, one containing "corrupt" comes with a wrong x-goog-hash. LatencyProxy
+always answers 403, one containing "corrupt" comes with a wrong x-goog-hash. Always, it
+serves gzip-encoded objects and pages listings as GCS does (_act_like_gcs). LatencyProxy
 adds a fixed delay to every request (benchmarks: a real bucket's time to first byte).
 """
 
@@ -147,9 +148,17 @@ class Emulator(ChildServer):
     what = "GCS emulator"
 
     def __init__(
-        self, data_dir: str, port: int | None = None, faults: bool = False, threaded: bool = False
+        self,
+        data_dir: str,
+        port: int | None = None,
+        faults: bool = False,
+        threaded: bool = False,
+        in_memory: bool = False,
     ):
         self.data_dir = data_dir
+        # Objects in memory, gone at stop: thousands of uploads in seconds (on disk, each
+        # rewrites the emulator's whole index, minutes for 2,500).
+        self.in_memory = in_memory
         self.log = data_dir.rstrip("/") + "-requests.log"
         self.faults = faults
         self.threaded = threaded  # one thread per connection (the emulator serves one at a time)
@@ -159,6 +168,7 @@ class Emulator(ChildServer):
     def start(self, timeout: float = 20) -> Emulator:
         args = [str(self.port), self.data_dir, self.log]
         args += (["--faults"] if self.faults else []) + (["--threaded"] if self.threaded else [])
+        args += ["--in-memory"] if self.in_memory else []
         self._spawn(args, f"{self.endpoint}/storage/v1/b", timeout)
         return self
 
@@ -270,7 +280,53 @@ def _inject_faults(handler_cls) -> None:
     handler_cls.do_GET = do_get
 
 
-def _serve(port: int, data_dir: str, log: str, faults: bool, threaded: bool = False) -> None:
+def _act_like_gcs(emulator) -> None:
+    """Two things GCS does that the emulator (2026.7.19) does not, and tests rely on. An
+    object stored with Content-Encoding: gzip is served as stored with that header to a
+    client that accepts gzip (x-goog-hash stays the stored bytes'; decompressive transcoding
+    for other clients is not emulated). A listing with maxResults comes in pages of that
+    many, in name order, with a nextPageToken (the emulator returns everything at once)."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.handlers import objects
+
+    def download(request, response, storage, *args, **kwargs):
+        objects.download(request, response, storage, *args, **kwargs)
+        accepted = request.get_header("Accept-Encoding") or ""
+        if response.status != HTTPStatus.OK or "gzip" not in accepted:
+            return
+        params = request.params
+        stored = storage.get_file_obj(params["bucket_name"], params["object_id"])
+        if (stored.get("contentEncoding") or "").lower() == "gzip":
+            response["Content-Encoding"] = "gzip"
+            response["x-goog-stored-content-encoding"] = "gzip"
+
+    def ls(request, response, storage, *args, **kwargs):
+        objects.ls(request, response, storage, *args, **kwargs)
+        size = request.query.get("maxResults")
+        if response.status != HTTPStatus.OK or not size:
+            return
+        size, after = int(size[0]), (request.query.get("pageToken") or [""])[0]
+        listing = json.loads(response._content)
+        rest = sorted((i for i in listing["items"] if i["name"] > after), key=lambda i: i["name"])
+        listing["items"] = rest[:size]
+        if len(rest) > size:
+            listing["nextPageToken"] = rest[size - 1]["name"]
+        if after:  # prefixes (with a delimiter) all come on the first page
+            listing["prefixes"] = []
+        response.json(listing)
+
+    for _, handlers in emulator.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is objects.download:
+                handlers[method] = download
+            elif handler is objects.ls:
+                handlers[method] = ls
+
+
+def _serve(
+    port: int, data_dir: str, log: str, faults: bool, threaded: bool = False, in_memory=False
+) -> None:
     """The child: serve until the parent closes our stdin (or dies)."""
     import logging
 
@@ -280,11 +336,16 @@ def _serve(port: int, data_dir: str, log: str, faults: bool, threaded: bool = Fa
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("gcp_storage_emulator").addHandler(handler)
     logging.getLogger("gcp_storage_emulator").setLevel(logging.INFO)
+    _act_like_gcs(emulator)
     if faults:
         _inject_faults(emulator.RequestHandler)
     if threaded:
         emulator.server.HTTPServer = _BusyServer
-    server = emulator.create_server(HOST, port, in_memory=False, data_dir=data_dir)
+    if in_memory:  # its index file is only read back at start, so not written at all
+        from gcp_storage_emulator.storage import Storage
+
+        Storage._write_config_to_file = lambda self: None
+    server = emulator.create_server(HOST, port, in_memory=in_memory, data_dir=data_dir)
     server.start()
     sys.stdin.read()
     server.stop()
@@ -299,4 +360,5 @@ elif __name__ == "__main__":
         sys.argv[3],
         "--faults" in sys.argv[4:],
         "--threaded" in sys.argv[4:],
+        "--in-memory" in sys.argv[4:],
     )

@@ -58,6 +58,32 @@ def test_glob_in_parquet_out_with_transient_and_permanent_faults(
     assert f"{out}/predictions/date=2025-02-03" in proc.stderr
 
 
+def test_a_gzip_encoded_jpeg_is_labelled_as_its_plain_copy(bucket, probe_model, sample_jpeg):
+    """Stored with Content-Encoding: gzip (as `gsutil cp -Z` stores it): read inflated, as the
+    storage client gives it, so it is labelled, with the plain copy's labels."""
+    import gzip
+
+    target = storage.Client().bucket(bucket)
+    target.blob("photos/plain.jpg").upload_from_string(sample_jpeg, content_type="image/jpeg")
+    zipped = target.blob("photos/zipped.jpg")
+    zipped.content_encoding = "gzip"
+    zipped.upload_from_string(gzip.compress(sample_jpeg), content_type="image/jpeg")
+    out = f"gs://{bucket}/out"
+    proc = cli(
+        f"--input=gs://{bucket}/photos/*.jpg",
+        f"--output={out}",
+        f"--model={probe_model}",
+        "--image_size=64",
+        "--job_name=gzip-check",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_rows(out, "errors") == []
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in read_rows(out, "predictions")}
+    assert sorted(rows) == ["plain.jpg", "zipped.jpg"]
+    assert rows["zipped.jpg"]["labels"] == rows["plain.jpg"]["labels"]
+    assert rows["zipped.jpg"]["scores"] == rows["plain.jpg"]["scores"]
+
+
 def test_manifest_on_gcs_listing_a_missing_object(bucket, gcs_images, probe_model, tmp_path):
     listed = sorted(gcs_images["patches"])[:4]
     missing = f"gs://{bucket}/images/never-uploaded.jpg"

@@ -1,12 +1,26 @@
-"""gs:// reads without Beam: media URLs, stored-checksum checks against published test
-vectors, and the proxy and CA settings taken from the environment as requests takes them."""
+"""gs:// without Beam's pipeline: media URLs, stored-checksum checks against published test
+vectors, proxy and CA settings from the environment as requests takes them, gzip-encoded
+objects inflated within the limit, the job's credentials and headers (as Beam's own client
+has them) on reads and the bucket check, and listings in pages."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import gzip
+import http.server
+import threading
+import tracemalloc
+import types
+
 import pytest
 import urllib3
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from tests.gcs_servers import Emulator
+from transforms import vocabulary as v
 from transforms.storage import gcs
+from transforms.storage.bounded import MB, ByteBudget
+from transforms.storage.listing import Listed
 
 # crc32c("123456789") = 0xE3069283 (RFC 3720, B.4); md5("") = d41d8cd98f00b204e9800998ecf8427e.
 CHECK_CRC32C = "4waSgw=="
@@ -78,3 +92,184 @@ def test_no_proxy_bypasses_it_and_certifi_is_the_default_bundle(monkeypatch):
     assert pool.connection_pool_kw["ca_certs"] == certifi.where()
     # A plain-HTTP endpoint (an emulator) takes HTTP_PROXY, not HTTPS_PROXY.
     assert type(gcs.environment_pool("http://127.0.0.1:9", 8)) is urllib3.PoolManager
+
+
+# --- gzip-encoded objects: inflated as the storage client does, never past the limit --------
+
+
+def test_gzip_members_are_all_inflated_and_trailing_bytes_ignored():
+    data = gzip.compress(b"one ") + gzip.compress(b"two") + b"\0\0 not gzip"
+    assert gcs.gunzip_at_most(data, 100, "gs://b/o") == b"one two"
+
+
+@pytest.mark.parametrize("data", [b"not gzip at all", gzip.compress(b"x" * 1000)[:-12]])
+def test_bytes_that_are_not_whole_gzip_are_refused(data):
+    with pytest.raises(gcs.BadGzip, match="gs://b/o"):
+        gcs.gunzip_at_most(data, 10 * MB, "gs://b/o")
+
+
+def test_a_gzip_bomb_is_too_large_without_inflating_it():
+    bomb = gzip.compress(bytes(200 * MB), compresslevel=1)
+    assert gcs.gunzip_at_most(gzip.compress(bytes(MB)), MB, "gs://b/o") == bytes(MB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(v.ImageError) as raised:
+            gcs.gunzip_at_most(bomb, MB, "gs://b/o")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert raised.value.reason == v.TOO_LARGE and "--max_object_mb" in str(raised.value)
+    assert peak < 4 * MB, f"{peak:,} bytes held to refuse it"
+
+
+def test_a_gzip_bomb_in_a_bucket_is_too_large_and_holds_nothing(bucket):
+    from google.cloud import storage
+
+    blob = storage.Client().bucket(bucket).blob("bomb.jpg")
+    blob.content_encoding = "gzip"
+    blob.upload_from_string(gzip.compress(bytes(20 * MB), compresslevel=1))
+    budget = ByteBudget(8 * MB)
+    with pytest.raises(v.ImageError) as raised:
+        gcs.GcsReader(2, {}).read(f"gs://{bucket}/bomb.jpg", 4 * MB, MB, budget)
+    assert raised.value.reason == v.TOO_LARGE
+    assert budget.used == 0
+
+
+# --- one credentials path: the job's options, as Beam's own storage client reads them ------
+
+JOB = [
+    "--job_name=nightly-labels",
+    "--project=labels-project",
+    '--gcs_custom_audit_entries={"team": "vision"}',
+]
+
+
+@pytest.fixture
+def fresh_beam_credentials(metadata_server, monkeypatch):
+    """Beam keeps the first credentials it makes for the whole process: let this test's
+    options make them (from the loopback metadata server)."""
+    from apache_beam.internal.gcp import auth
+
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
+
+
+def test_the_job_s_client_is_set_up_as_beam_s_own(fresh_beam_credentials):
+    from apache_beam.io.gcp.gcsio import create_storage_client
+
+    options = PipelineOptions(JOB)
+    ours = gcs.access(gcs.job_options(options)).client
+    beams = create_storage_client(options)
+    assert ours.api_endpoint == beams.api_endpoint
+    assert ours.project == beams.project == "labels-project"
+    assert ours._credentials is beams._credentials  # Beam's, not google.auth.default()'s
+    assert ours._connection.user_agent == beams._connection.user_agent
+    assert ours._connection.extra_headers == beams._connection.extra_headers
+    assert beams._connection.extra_headers["x-goog-custom-audit-job"] == "nightly-labels"
+
+
+def test_impersonation_reaches_the_reader(fresh_beam_credentials):
+    from google.auth import impersonated_credentials
+
+    options = {"impersonate_service_account": "reader@labels-project.iam.gserviceaccount.com"}
+    credentials = gcs.GcsReader(2, options).credentials
+    assert isinstance(credentials, impersonated_credentials.Credentials)
+    assert credentials.service_account_email == options["impersonate_service_account"]
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Storage on loopback that records each request's headers: media downloads answer
+    b"image", listings an empty page."""
+
+    seen: list = []
+
+    def do_GET(self):
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        media = "alt=media" in self.path
+        body = b"image" if media else b'{"kind": "storage#objects", "items": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg" if media else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, monkeypatch):
+    """The same token and the job's headers on the start-up check and on a read, as on the
+    storage client's own download."""
+    from google.cloud import storage
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+    _Recorder.seen = []
+    try:
+        options = gcs.job_options(PipelineOptions(JOB))
+        gcs.check_buckets(["gs://photos/a.jpg"], options)
+        got = gcs.GcsReader(2, options).read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
+        job = gcs.access(options).client
+        assert storage.Blob("a.jpg", job.bucket("photos")).download_as_bytes() == got
+    finally:
+        server.shutdown()
+    # (The client also fetches the bucket's metadata on the way.)
+    [check] = [h for path, h in _Recorder.seen if path.startswith("/storage/v1/b/photos/o?")]
+    read, client = [h for path, h in _Recorder.seen if "alt=media" in path]
+    for headers in (check, read):
+        assert headers["authorization"] == client["authorization"] == "Bearer test-token"
+        assert headers["x-goog-custom-audit-job"] == "nightly-labels"
+        assert headers["x-goog-custom-audit-team"] == "vision"
+        assert headers["user-agent"] == client["user-agent"]
+    assert read["user-agent"].startswith("apache-beam/")
+
+
+# --- listings ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memory_bucket(metadata_server, tmp_path, monkeypatch) -> str:
+    """A bucket on an emulator of its own that keeps objects in memory (fast uploads)."""
+    from google.cloud import storage
+
+    emulator = Emulator(str(tmp_path / "gcs"), in_memory=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
+    storage.Client().create_bucket("listed")
+    yield "listed"
+    emulator.stop()
+
+
+def test_listing_comes_in_pages_of_1000_with_versions_and_checksums(memory_bucket):
+    from google.cloud import storage
+
+    bucket = memory_bucket
+    target = storage.Client().bucket(bucket)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: target.blob(f"many/{i:04}.jpg").upload_from_string(f"{i}" * (i % 7)),
+                range(2500),
+            )
+        )
+    target.blob("other/0.jpg").upload_from_string(b"outside the prefix")
+    pages: list[int] = []
+    listed = list(gcs.list_objects(f"gs://{bucket}/many/", {}, on_page=pages.append))
+    assert pages == [1000, 2000, 2500]
+    blobs = {b.name: b for b in target.list_blobs(prefix="many/")}
+    assert [item.uri for item in listed] == [f"gs://{bucket}/{name}" for name in sorted(blobs)]
+    for item in listed:
+        blob = blobs[item.uri.split("/", 3)[3]]
+        assert item.version == str(blob.generation)
+        assert item.checksum == f"crc32c:{blob.crc32c}"
+        assert item.size == blob.size
+    assert listed[0].size == 0 and listed[1].size == 1
+
+
+def test_a_listed_checksum_is_crc32c_else_md5_else_none():
+    blob = types.SimpleNamespace(name="a b", size="3", generation=17, crc32c=None, md5_hash="m")
+    assert gcs.listed_blob("b", blob) == Listed("gs://b/a b", 3, "17", "md5:m")
+    blob.md5_hash = None
+    assert gcs.listed_blob("b", blob).checksum == ""
+    blob.crc32c = "c"
+    assert gcs.listed_blob("b", blob).checksum == "crc32c:c"

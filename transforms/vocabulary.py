@@ -22,11 +22,12 @@ NOT_AN_IMAGE = "not an image"  # unknown or unsupported format
 CORRUPT = "corrupt image"  # truncated or undecodable pixel data
 TOO_MANY_PIXELS = "too many pixels"  # a decompression bomb, refused from the header
 MODEL_FAILED = "model failed"
+NON_FINITE = "non-finite scores"  # NaN or infinite logits: no probability distribution
 
 REASONS = {
     READ: (NOT_FOUND, NO_ACCESS, NOT_A_FILE, TOO_LARGE, READ_FAILED),
     DECODE: (EMPTY, NOT_AN_IMAGE, CORRUPT, TOO_MANY_PIXELS),
-    INFERENCE: (MODEL_FAILED,),
+    INFERENCE: (MODEL_FAILED, NON_FINITE),
 }
 
 # Storage exceptions by class name (local, Beam and Google clients), so this module needs
@@ -38,6 +39,10 @@ _READ_REASONS_BY_TYPE = {
     "Forbidden": NO_ACCESS,
     "Unauthorized": NO_ACCESS,
     "IsADirectoryError": NOT_A_FILE,
+    # A stored checksum not matched: gcs.ChecksumMismatch from the job's reader, and
+    # DataCorruption from google-cloud-storage's download (tests/test_gcs_contract.py).
+    "ChecksumMismatch": READ_FAILED,
+    "DataCorruption": READ_FAILED,
 }
 
 

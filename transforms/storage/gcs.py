@@ -113,7 +113,7 @@ def access(options: Mapping | Any) -> Access:
     # The client's connection completes the ClientInfo it was given (library versions), so
     # this is the user agent the client itself sends.
     agent = info.to_user_agent()
-    headers = {"User-Agent": agent}
+    headers = {**extra, "User-Agent": agent}
     return Access(client, credentials, headers, anonymous=found is None)
 
 
