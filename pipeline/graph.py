@@ -26,14 +26,17 @@ class LabelOutputs:
 
 
 def model_handler(config: Config) -> KeyedModelHandler:
-    return KeyedModelHandler(
-        ImageClassifierHandler(
-            config.model,
-            image_size=config.image_size,
-            batch_size=config.batch_size,
-            num_classes=len(config.labels),
-            require_gpu=config.require_gpu,
-        )
+    return KeyedModelHandler(classifier(config))
+
+
+def classifier(config: Config) -> ImageClassifierHandler:
+    """The run's model handler (RunInference keys it by work unit; --plan times it bare)."""
+    return ImageClassifierHandler(
+        config.model,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        num_classes=len(config.labels),
+        require_gpu=config.require_gpu,
     )
 
 

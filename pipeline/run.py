@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipeline import exit_status, summary
+from pipeline import exit_status, plan, summary
 from pipeline.config import Config, ConfigError, prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions, parse_options
@@ -74,6 +74,9 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
     options = parse_options(argv, prog_name())
     import_tensorflow_quietly()
     config: Config = prepare(options.view_as(LabelerOptions))
+    if config.plan:
+        print(plan.format_plan(plan.estimate(config), config))
+        return exit_status.OK, True
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config)

@@ -13,9 +13,13 @@ from tests.runs import cli, config_for, counter_values, read_rows, run_graph
 
 
 def copy_object(bucket: str, source: str, name: str) -> str:
-    """Server-side copy of gs://bucket/source to gs://bucket/name; the new URI."""
+    """A copy of the JPEG gs://bucket/source at gs://bucket/name with a comment segment naming
+    it, so that its content is its own (identical objects would be read once); the new URI."""
     b = storage.Client().bucket(bucket)
-    b.copy_blob(b.blob(source.split(f"gs://{bucket}/", 1)[1]), b, name)
+    data = b.blob(source.split(f"gs://{bucket}/", 1)[1]).download_as_bytes()
+    comment = name.encode()
+    marked = data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
+    b.blob(name).upload_from_string(marked)
     return f"gs://{bucket}/{name}"
 
 

@@ -1,0 +1,176 @@
+"""--plan: what a run would do, from the same listing and join as the run (the first stage's
+functions, here in this process), and what it would cost, timed on a sample on this machine.
+Reads a sample of images and nothing else; writes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.graph import classifier
+from pipeline.options import SKIP_DATE, SKIP_NONE
+from transforms.feed import Failure, Feeder
+from transforms.images import DEFAULT_MAX_PIXELS
+from transforms.inputs import (
+    CHANGED,
+    DONE,
+    Clients,
+    describe,
+    list_pattern,
+    manifest_uris,
+    verdict,
+)
+from transforms.output import Versions, done_files, done_rows, output_prefixes
+from transforms.storage.listing import Listed, Work, as_work, content_key
+from transforms.storage.uris import normalize_uri
+
+MODEL_BATCHES = 3  # timed model calls, after one that traces and warms it
+
+
+@dataclasses.dataclass
+class Plan:
+    listed: int = 0  # inputs listed, duplicates included
+    distinct: int = 0  # distinct URIs
+    done: int = 0  # already labelled (same source and model version)
+    changed: int = 0  # labelled before by this model, source changed since
+    to_label: int = 0  # distinct URIs the run would label
+    identical: int = 0  # of those, served by another's read (identical content)
+    to_read: int = 0  # reads the run would make
+    bytes_to_read: int = 0  # their listed sizes (unknown sizes not counted)
+    unknown_sizes: int = 0
+    sampled: int = 0
+    decode_wall_s: float = 0.0  # per read, this machine, the run's concurrency
+    decode_cpu_s: float = 0.0  # per read, CPU of this process
+    model_s: float = 0.0  # per image, one model call on a full batch
+
+    def projected_s(self) -> float:
+        """Time here: reads and decodes overlap with the model, so the slower one sets it."""
+        return max(self.to_read * self.decode_wall_s, self.to_read * self.model_s)
+
+
+def inputs(config: Config) -> Iterator[Listed]:
+    """Every input as the run's ListInputs gives it."""
+    exclude = output_prefixes(config.output)
+    for pattern in config.inputs:
+        yield from list_pattern(pattern, exclude, config.storage_options)
+    if config.manifest:
+        clients = Clients(config.storage_options)
+        for uri in manifest_uris(config.manifest):
+            yield describe(normalize_uri(uri), clients)
+
+
+def existing(config: Config) -> dict[str, list[Versions]]:
+    """What the run's ExistingOutput gives, by URI."""
+    found: dict[str, list[Versions]] = defaultdict(list)
+    if config.skip_existing == SKIP_NONE:
+        return found
+    date = config.date if config.skip_existing == SKIP_DATE else "*"
+    for path in done_files(config.output, date):
+        for uri, versions in done_rows(path):
+            found[uri].append((None, None) if config.skip_existing == SKIP_DATE else versions)
+    return found
+
+
+def make_plan(config: Config) -> tuple[Plan, list[Work]]:
+    """The counts the run would report, and its work units (identical content together)."""
+    plan = Plan()
+    wanted: dict[str, Listed] = {}
+    for item in inputs(config):
+        plan.listed += 1
+        wanted.setdefault(item.uri, item)
+    plan.distinct = len(wanted)
+    done = existing(config)
+    by_content: dict[str, list[Listed]] = defaultdict(list)
+    for uri, item in wanted.items():
+        found = verdict(item, done.get(uri, ()), config.model_version)
+        if found == DONE:
+            plan.done += 1
+            continue
+        plan.changed += found == CHANGED
+        by_content[content_key(item)].append(item)
+    works = [as_work(items) for items in by_content.values()]
+    plan.to_label = sum(len(work) for work in works)
+    plan.to_read = len(works)
+    plan.identical = plan.to_label - plan.to_read
+    plan.bytes_to_read = sum(max(work[0].size, 0) for work in works)
+    plan.unknown_sizes = sum(work[0].size < 0 for work in works)
+    return plan, works
+
+
+def time_decoding(config: Config, sample: list[Work]) -> tuple[float, float, list[np.ndarray]]:
+    """Reads and decodes the sample as the run's feeder would: (wall s, CPU s) per read,
+    and the decoded images."""
+    feeder = Feeder(
+        config.read_concurrency,
+        config.max_inflight_bytes,
+        config.max_object_bytes,
+        config.storage_options,
+    )
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    wall, cpu = time.monotonic(), time.process_time()
+    for work in sample:
+        feeder.submit(work, config.image_size, DEFAULT_MAX_PIXELS, done)
+    results = [done.get() for _ in sample]
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    images = [image for out in results if not isinstance(out, Failure) for _, image in [out]]
+    return wall / len(sample), cpu / len(sample), images
+
+
+def time_model(config: Config, images: list[np.ndarray]) -> float:
+    """Seconds per image of the run's model call on full batches (grey images where the
+    sample gave too few)."""
+    handler = classifier(config)
+    model = handler.load_model()
+    size = config.image_size
+    grey = np.full((size, size, 3), 128, np.uint8)
+    batch = (images + [grey] * config.batch_size)[: config.batch_size]
+    handler.run_inference(batch, model)  # traces and warms
+    started = time.monotonic()
+    for _ in range(MODEL_BATCHES):
+        handler.run_inference(batch, model)
+    return (time.monotonic() - started) / (MODEL_BATCHES * len(batch))
+
+
+def estimate(config: Config) -> Plan:
+    plan, works = make_plan(config)
+    if works:
+        sample = random.Random(0).sample(works, min(config.plan_sample, len(works)))
+        plan.sampled = len(sample)
+        plan.decode_wall_s, plan.decode_cpu_s, images = time_decoding(config, sample)
+        plan.model_s = time_model(config, images)
+    return plan
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h"
+
+
+def format_plan(plan: Plan, config: Config) -> str:
+    lines = [
+        f"inputs listed: {plan.listed:,} ({plan.distinct:,} distinct URIs)",
+        f"already labelled (same source and model version): {plan.done:,}",
+        f"changed since labelled: {plan.changed:,}",
+        f"to label: {plan.to_label:,}, of which {plan.identical:,} served by an identical image",
+        f"to read: {plan.to_read:,} images, {plan.bytes_to_read / 2**20:,.1f} MiB"
+        + (f" (+{plan.unknown_sizes:,} of unknown size)" if plan.unknown_sizes else ""),
+    ]
+    if plan.sampled:
+        lines += [
+            f"timed on this machine: {plan.sampled:,} images read and decoded "
+            f"({1000 * plan.decode_wall_s:.1f} ms each at --read_concurrency "
+            f"{config.read_concurrency}, {1000 * plan.decode_cpu_s:.1f} ms of CPU), the model "
+            f"{1000 * plan.model_s:.1f} ms per image in batches of {config.batch_size}",
+            f"projected here: {hours(plan.projected_s())}; for the whole set: decode "
+            f"{hours(plan.to_read * plan.decode_cpu_s)} of vCPU, model "
+            f"{hours(plan.to_read * plan.model_s)} on this machine's "
+            f"{'GPU' if config.require_gpu else 'CPU'}",
+        ]
+    lines.append(f"model version {config.model_version}; nothing was written")
+    return "\n".join(f"plan: {line}" for line in lines)
