@@ -110,6 +110,7 @@ fi
 
 "$repo/scripts/setup_venv.sh"
 python=$repo/.venv/bin/python
+export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} # this checkout's code, from any folder
 # Before anything is built: does the cluster (or job server) answer, with slots enough?
 reachable() { "$python" -c 'import socket, sys
 host, port = sys.argv[1].rsplit(":", 1)

@@ -244,7 +244,7 @@ launch() { # name main-class resources-command [-D key=value ...]
 # project's .venv Python as Beam's SDK harness (pipeline/flink.py worker).
 cat >"$dir/beam-worker" <<BOOT
 #!/bin/sh
-PATH="$repo/.venv/bin:\$PATH" exec "$python" -m pipeline.flink worker "\$@"
+PATH="$repo/.venv/bin:\$PATH" PYTHONPATH="$repo" exec "$python" -m pipeline.flink worker "\$@"
 BOOT
 chmod 755 "$dir/beam-worker"
 

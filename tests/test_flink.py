@@ -1,12 +1,16 @@
 """The pipeline on a real Flink cluster (JobManager and TaskManager JVMs on 127.0.0.1, Beam's
-Flink job server, an EXTERNAL worker pool) and on Beam's embedded [local] Flink, against
-DirectRunner; and a TaskManager SIGKILLed while the job labels."""
+Flink job server, each TaskManager starting its own SDK workers) at --parallelism 2, through
+the job server and as one uber jar, and on Beam's embedded [local] Flink, against
+DirectRunner; a TaskManager SIGKILLed while the job labels; Ctrl-C cancelling the Flink job;
+the cluster script refusing a taken port or a cluster still running."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
+import subprocess
 import time
 
 import pytest
@@ -14,15 +18,19 @@ from PIL import Image
 
 from tests.conftest import SAMPLES_DIR
 from tests.flink_cluster import (
+    CLUSTER,
     FlinkCluster,
     alive,
     finish,
+    group_members,
     job_server_jar,
     listening_addresses,
+    pid_files,
     process_tree,
     run_flink,
     summary,
 )
+from tests.gcs_servers import free_port
 from tests.images import SAMPLES, bad_files, encode, patch_image
 from tests.runs import cli, output_files, read_rows
 from tests.savedmodels import probe_class
@@ -101,18 +109,24 @@ def assert_same_output(out: str, reference_out: str) -> None:
     }
 
 
+def cluster_args(flink: FlinkCluster, images: dict, out, model: str) -> list[str]:
+    return [
+        f"--flink_master={flink.master}",
+        f"--worker_command={flink.worker_command}",
+        f"--input={images['root']}/*",
+        f"--output={out}",
+        f"--model={model}",
+        "--parallelism=2",
+        *COMMON,
+    ]
+
+
 def test_real_cluster_labels_as_direct_runner_does(
     cluster, images, reference, probe_model, tmp_path
 ):
+    """The default cluster's shape (one TaskManager, 2 slots) at --parallelism 2."""
     out = tmp_path / "out"
-    args = [
-        f"--flink_master={cluster.master}",
-        f"--worker_pool={cluster.worker_pool}",
-        f"--input={images['root']}/*",
-        f"--output={out}",
-        f"--model={probe_model}",
-        *COMMON,
-    ]
+    args = cluster_args(cluster, images, out, probe_model)
     started = time.monotonic()
     proc = run_flink(*args)
     # Every server of the run listens on loopback only: Flink's, the job server's and the
@@ -126,8 +140,13 @@ def test_real_cluster_labels_as_direct_runner_does(
     assert status == 0, err[-3000:] + cluster.logs()
     assert addresses == {"127.0.0.1"}, addresses
 
-    # It ran on the cluster: one finished job there.
-    assert [job["state"] for job in cluster.jobs()] == ["FINISHED"]
+    # It ran on the cluster: one finished job there, at parallelism 2, with no task failure.
+    (job,) = cluster.jobs()
+    assert job["state"] == "FINISHED"
+    assert {v["parallelism"] for v in cluster.rest(f"/jobs/{job['jid']}")["vertices"]} == {2}
+    assert not cluster.rest(f"/jobs/{job['jid']}/exceptions")["exceptionHistory"]["entries"]
+    assert f"Flink job {job['jid']} is " in err  # the id and web UI link at the start
+    assert f"Flink job {job['jid']} FINISHED; 0 restarts" in err
     assert_same_output(str(out), reference["out"])
     predictions = by_uri(read_rows(str(out), "predictions"))
     for uri, top in images["expected"].items():
@@ -184,20 +203,16 @@ def labelling_vertex(flink: FlinkCluster, job_id: str) -> dict | None:
 
 
 def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
-    """Two TaskManagers of one slot each; the one running the labelling task is SIGKILLed
-    once images have reached that task. Flink restarts the failed region on the other."""
+    """Two TaskManagers of two slots each, --parallelism 2 (one subtask on each: slots are
+    spread); one running a labelling subtask is SIGKILLed once images have reached it.
+    Flink restarts the failed region in the two slots left, the command counts the
+    restarts, and every URI is written once. (With one slot each, the job would wait for a
+    new TaskManager: a region of this batch job needs both slots at once.)"""
     images = make_images(tmp_path / "images", patches=1500)
-    flink = FlinkCluster(tmp_path / "cluster", taskmanagers=2, slots=1).start()
+    flink = FlinkCluster(tmp_path / "cluster", taskmanagers=2, slots=2).start()
     try:
         out = tmp_path / "out"
-        args = [
-            f"--flink_master={flink.master}",
-            f"--worker_pool={flink.worker_pool}",
-            f"--input={images['root']}/*",
-            f"--output={out}",
-            f"--model={probe_model}",
-            *COMMON,
-        ]
+        args = cluster_args(flink, images, out, probe_model)
         proc = run_flink(*args)
         killed = victim = job_id = None
         deadline = time.monotonic() + 300
@@ -213,8 +228,10 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
             if vertex["metrics"]["read-records"] == 0:
                 continue  # no image has reached the labelling task yet
             detail = flink.rest(f"/jobs/{job_id}/vertices/{vertex['id']}")
-            (subtask,) = detail["subtasks"]
-            victim = subtask["taskmanager-id"]
+            subtasks = detail["subtasks"]
+            assert len(subtasks) == 2
+            busy = [t for t in subtasks if t["metrics"]["read-records"] > 0] or subtasks
+            victim = busy[0]["taskmanager-id"]
             os.kill(flink.taskmanager_pid(victim), signal.SIGKILL)
             metrics = vertex["metrics"]
             killed = (time.monotonic(), metrics["read-records"], metrics["write-records"])
@@ -225,22 +242,25 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
 
         job = flink.rest(f"/jobs/{job_id}")
         history = flink.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-        jm_log = (flink.dir / "log" / "jobmanager.log").read_text()
-        # Region failover logs "N tasks will be restarted to recover the failed task ...".
-        restarts = re.findall(r"(\d+) tasks will be restarted to recover the failed task", jm_log)
+        restarts = re.search(rf"Flink job {job_id} (\w+); (\d+) restarts?", err)
         print(
             f"\nTaskManager {victim} killed with the labelling task running ({killed[1]} records "
             f"in, {killed[2]} out); job {job['state']} {finished - killed[0]:.1f} s later; "
             f"run_flink.sh status {status}; {len(history)} failure(s) in Flink's exception "
-            f"history: {[e['exceptionName'] for e in history]}; region failovers (tasks "
-            f"restarted each): {restarts}"
+            f"history: {[e['exceptionName'] for e in history]}; "
+            f"run_flink.sh said: {restarts.group(0) if restarts else None}"
         )
         assert history, "Flink recorded no failure: the kill did not hit the job"
-        if status != 0:  # the job could not recover: the same command again finishes it
+        assert restarts, err[-3000:]
+        if status == 0:  # recovered on the TaskManager left: the restarts are counted
+            assert restarts.group(1) == "FINISHED" and int(restarts.group(2)) >= 1
+        else:  # the job could not recover: the same command again finishes it
             status, err = finish(run_flink(*args))
         assert status == 0, err[-3000:] + flink.logs()
     finally:
         flink.stop()
+    # The killed TaskManager's SDK workers went with the cluster.
+    assert not [p for p in group_members(flink.taskmanager_pid(victim))]
 
     # Every URI exactly once, whole files only, each patch with its expected top class.
     predictions = by_uri(read_rows(str(out), "predictions"))
@@ -249,3 +269,112 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
     assert sorted(errors) == sorted(images["bad"])
     for uri, top in images["expected"].items():
         assert predictions[uri]["class_ids"][0] == top
+
+
+def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C on a terminal sends) a few seconds into
+    the job: the Flink job ends CANCELED, not FINISHED, before run_flink.sh exits; the same
+    command afterwards labels the set exactly once."""
+    out = tmp_path / "out"
+    args = cluster_args(cluster, images, out, probe_model)
+    before = {j["jid"] for j in cluster.jobs()}
+    proc = run_flink(*args)
+    job = None
+    deadline = time.monotonic() + 300
+    while job is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
+    assert job, "the job never reached the cluster"
+    time.sleep(3)
+    assert cluster.rest(f"/jobs/{job['jid']}")["state"] in ("CREATED", "INITIALIZING", "RUNNING")
+    os.killpg(proc.pid, signal.SIGINT)
+    status, err = finish(proc, timeout=120)
+    assert status == 130, err[-3000:]
+    # Cancelled before the command returned, said in one line; no traceback.
+    assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "CANCELED"
+    assert f"run_flink.sh: cancelled Flink job {job['jid']} (CANCELED)" in err
+    assert "Traceback" not in err, err[-3000:]
+
+    status, err = finish(run_flink(*args))
+    assert status == 0, err[-3000:]
+    assert_same_output(str(out), reference["out"])
+
+
+def test_uber_jar_submission(cluster, images, reference, probe_model, tmp_path):
+    """--flink_submit_uber_jar: no job server here; Beam uploads the self-contained job
+    server jar with the pipeline in it to the cluster, which runs it."""
+    out = tmp_path / "out"
+    proc = run_flink(*cluster_args(cluster, images, out, probe_model), "--flink_submit_uber_jar")
+    status, err = finish(proc)
+    assert status == 0, err[-3000:] + cluster.logs()
+    assert_same_output(str(out), reference["out"])
+    assert "FINISHED; 0 restarts" in err
+
+
+def test_unreachable_cluster_or_too_few_slots_is_one_line(cluster, tmp_path):
+    base = ["--worker_command=/bin/true", f"--input={tmp_path}/*", f"--output={tmp_path}/o"]
+    dead = f"127.0.0.1:{free_port()}"
+    for args, says in [
+        ([f"--job_endpoint={dead}"], f"no Beam job server answers at {dead}"),
+        ([f"--flink_master={dead}"], f"no Flink cluster answers at {dead}"),
+        ([f"--flink_master={cluster.master}", "--parallelism=3"], "has 2"),
+    ]:
+        status, err = finish(run_flink(*args, *base), timeout=60)
+        assert status == 2, err
+        assert err.strip().splitlines() == [err.strip()] and says in err, err
+
+
+def test_cluster_start_refuses_a_taken_port(tmp_path):
+    """A port in use: one line naming it, exit 2, nothing started."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        flink = FlinkCluster(tmp_path / "cluster")
+        flink.rest_port = port
+        proc = flink.start_command()
+    finally:
+        listener.close()
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"flink_cluster.sh: error: port {port} (--rest_port) is taken on 127.0.0.1; stop "
+        "what uses it or choose another --rest_port"
+    )
+    assert not list((tmp_path / "cluster").glob("*.pid"))
+    assert not [p for p in process_tree([os.getpid()])[1:] if "flink" in cmdline(p)]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_cluster_pid_files_are_checked(tmp_path):
+    """start on a folder whose cluster still runs (in part) refuses, naming what runs; stop
+    signals a pid only while it is the process that was started (start time recorded)."""
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    ours = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        start_time = open(f"/proc/{ours.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        (folder / "taskmanager-1.pid").write_text(f"{ours.pid} {start_time}\n")
+        # A recorded pid whose process has since been replaced by another (a new start time).
+        (folder / "jobmanager.pid").write_text(f"{other.pid} 1\n")
+        flink = FlinkCluster(folder)
+        proc = flink.start_command()
+        assert proc.returncode == 2, proc.stderr
+        assert "still runs (taskmanager-1)" in proc.stderr, proc.stderr
+        assert alive(ours.pid) and alive(other.pid)
+
+        subprocess.run([str(CLUSTER), "stop", f"--dir={folder}"], check=True, timeout=60)
+        ours.wait(timeout=15)  # stopped: it was ours
+        assert alive(other.pid), "stop signalled a pid that is no longer its process"
+        assert pid_files(folder) == {}
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
