@@ -1,5 +1,7 @@
 """The model handler: loading a SavedModel, the uint8 -> [0, 1] scaling, output checks."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -66,9 +68,15 @@ def test_remote_uris_are_recognised():
 
 
 def test_copy_model_locally_copies_every_file_once(probe_model, tmp_path):
+    def files(root) -> dict:
+        root = pathlib.Path(root)
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
     local = copy_model_locally(probe_model, str(tmp_path))
-    assert (tmp_path / local.split("/")[-1] / "saved_model.pb").exists()
+    assert files(local) == files(probe_model)  # every file, byte for byte
+    stamps = {p: p.stat().st_mtime_ns for p in pathlib.Path(local).rglob("*")}
     assert copy_model_locally(probe_model, str(tmp_path)) == local
+    assert {p: p.stat().st_mtime_ns for p in pathlib.Path(local).rglob("*")} == stamps  # once
     handler = ImageClassifierHandler(local, image_size=8, batch_size=1)
     assert handler.run_inference([np.zeros((8, 8, 3), np.uint8)], handler.load_model())
 

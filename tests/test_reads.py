@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import platform
 import socket
 import stat
 import subprocess
@@ -142,25 +143,32 @@ def test_the_object_size_limit_is_a_flag(photos, probe_model, tmp_path):
     assert [r["uri"] for r in read_rows(str(tmp_path / "small"), "predictions")] == [small]
 
 
+OPENAT = {"x86_64": 257, "aarch64": 56}[platform.machine()]  # the syscall's number
+
+
+def blocked_in_open(thread: threading.Thread) -> bool:
+    """The thread sleeps in openat(2) (the kernel's own view: a woken thread reads
+    'running' at once, before it is scheduled)."""
+    with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+        return f.read().split()[0] == str(OPENAT)
+
+
 def test_a_fifo_is_refused_without_being_opened(tmp_path):
-    """A writer blocks in open() until some process opens the FIFO for reading: it stays
-    blocked through the read, so the read never opened it."""
+    """A writer blocks in open() until some process opens the FIFO for reading: it is still
+    blocked right after the read, so the read never opened it."""
     fifo = str(tmp_path / "pipe.jpg")
     os.mkfifo(fifo)
-    opened = threading.Event()
-
-    def writer():
-        os.close(os.open(fifo, os.O_WRONLY))
-        opened.set()
-
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)))
     thread.start()
-    time.sleep(0.3)  # the writer is waiting in open() by now
+    deadline = time.monotonic() + 10
+    while not blocked_in_open(thread) and time.monotonic() < deadline:
+        time.sleep(0.001)
     budget = bounded.ByteBudget(MB)
     try:
+        assert blocked_in_open(thread), "the writer never reached open()"
         with pytest.raises(v.ImageError) as raised:
             local.read_local(fifo, MB, budget)
-        assert not opened.wait(0.5), "the read opened the FIFO"
+        assert blocked_in_open(thread), "the read opened the FIFO"
     finally:
         unblock = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer finish
         thread.join(10)
