@@ -21,7 +21,10 @@ Usage: ./run_flink.sh (--flink_master HOST:PORT | --flink_master '[local]' | --j
                    with --flink_master HOST:PORT: no job server here; Beam submits the job
                    server jar with the pipeline in it to the cluster's REST API as one jar
   --job_endpoint   a Beam job server that is already running (for example the
-                   apache/beam_flink1.19_job_server container, port 8099), instead
+                   apache/beam_flink1.19_job_server container, port 8099), instead. Give
+                   its cluster's --flink_master HOST:PORT too for the job id, progress and
+                   Ctrl-C cancelling (Beam's job server cancels only its own invocation:
+                   the Flink job would go on)
   --flink_version  Flink version of the cluster (default 1.19)
   --flink_job_server_jar
                    use this job-server jar instead of scripts/flink_job_server.sh's
@@ -98,11 +101,14 @@ fi
 if [ -z "$master$endpoint" ] || [ ${#environment[@]} -eq 0 ]; then
   fail "give --flink_master or --job_endpoint, and --worker_command, --worker_pool or --image; see --help"
 fi
-if [ -n "$master" ] && [ -n "$endpoint" ]; then
-  fail "give --flink_master or --job_endpoint, not both; see --help"
+if [ "$master" = "[local]" ] && [ -n "$endpoint" ]; then
+  fail "--flink_master '[local]' runs its own job server: no --job_endpoint; see --help"
 fi
 if [ -n "$uber" ] && { [ -z "$master" ] || [ "$master" = "[local]" ]; }; then
   fail "--flink_submit_uber_jar needs --flink_master HOST:PORT; see --help"
+fi
+if [ -n "$uber" ] && [ -n "$endpoint" ]; then
+  fail "--flink_submit_uber_jar submits without a job server: no --job_endpoint; see --help"
 fi
 if [ -n "$jar" ] && [ ! -f "$jar" ]; then
   fail "--flink_job_server_jar $jar: no such file"
@@ -117,7 +123,8 @@ host, port = sys.argv[1].rsplit(":", 1)
 socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()' "$1" 2>/dev/null; }
 if [ -n "$endpoint" ]; then
   reachable "$endpoint" || fail "no Beam job server answers at $endpoint (--job_endpoint)"
-elif [ "$master" != "[local]" ]; then
+fi
+if [ -n "$master" ] && [ "$master" != "[local]" ]; then
   reachable "$master" || fail "no Flink cluster answers at $master (--flink_master: its REST address)"
   slots=$("$python" -c 'import json, sys, urllib.request
 print(json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/overview", timeout=10))["slots-total"])' \
@@ -128,11 +135,11 @@ print(json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/overview", timeout
 fi
 
 command=("$python" -m pipeline.run --runner=FlinkRunner --flink_version="$version" "${environment[@]}")
-if [ -n "$endpoint" ]; then
+if [ -z "$master" ]; then # no REST address: Beam's job service alone (no cancel on the cluster)
   exec "${command[@]}" --job_endpoint="$endpoint" "${passthrough[@]}"
 fi
 
-[ -n "$jar" ] || jar=$("$repo/scripts/flink_job_server.sh" --flink_version "$version" --quiet)
+[ -n "$jar$endpoint" ] || jar=$("$repo/scripts/flink_job_server.sh" --flink_version "$version" --quiet)
 [ -n "$heap" ] || heap=$([ "$master" = "[local]" ] && echo 1g || echo 512m)
 if [ -z "$job_name" ] && [ "$master" != "[local]" ]; then # how the cluster's REST API finds it
   job_name=image-labeler-$(date -u +%Y%m%d-%H%M%S)-$$
@@ -164,7 +171,9 @@ touch "$work/pids"
 watchdog=$!
 disown "$watchdog" # no "Killed ..." line from bash when it is ended
 
-if [ -n "$uber" ]; then
+if [ -n "$endpoint" ]; then
+  command+=(--job_endpoint="$endpoint")
+elif [ -n "$uber" ]; then
   # Beam's own uber-jar path: the job server jar plus the pipeline, uploaded to Flink's REST
   # API as one jar and run there (entry class FlinkPipelineRunner).
   command+=(--flink_master="$master" --flink_job_server_jar="$jar" --flink_submit_uber_jar)
