@@ -300,6 +300,49 @@ def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, t
     assert_same_output(str(out), reference["out"])
 
 
+def test_sigterm_with_a_running_job_server_cancels_through_rest(
+    cluster, jar, images, probe_model, tmp_path
+):
+    """--job_endpoint (a job server already running) with the cluster's --flink_master: SIGTERM
+    to run_flink.sh alone cancels the Flink job through the REST API (Beam's job server
+    would cancel only its own invocation and leave the Flink job running)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["java", "-Xmx512m", "-Dbeam.fn.bind_address=127.0.0.1", "-jar", jar]
+        + ["--flink-master", cluster.master, "--job-host=127.0.0.1", f"--job-port={port}"]
+        + ["--artifact-port=0", "--expansion-port=-1", f"--artifacts-dir={tmp_path}/artifacts"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no job server"
+                time.sleep(0.5)
+        args = cluster_args(cluster, images, tmp_path / "out", probe_model)
+        before = {j["jid"] for j in cluster.jobs()}
+        proc = run_flink(f"--job_endpoint=127.0.0.1:{port}", *args)
+        job = None
+        while job is None and proc.poll() is None and time.monotonic() < deadline + 180:
+            time.sleep(0.2)
+            job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
+        assert job, "the job never reached the cluster"
+        time.sleep(2)
+        assert cluster.rest(f"/jobs/{job['jid']}")["state"] in ("INITIALIZING", "RUNNING")
+        os.kill(proc.pid, signal.SIGTERM)
+        status, err = finish(proc, timeout=120)
+        assert status == 143, err[-3000:]
+        assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "CANCELED"
+        assert f"run_flink.sh: cancelled Flink job {job['jid']} (CANCELED)" in err
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_uber_jar_submission(cluster, images, reference, probe_model, tmp_path):
     """--flink_submit_uber_jar: no job server here; Beam uploads the self-contained job
     server jar with the pipeline in it to the cluster, which runs it."""
