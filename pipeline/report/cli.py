@@ -23,20 +23,36 @@ class ReportError(Exception):
     """A reason the report cannot be made: one line, exit status 2."""
 
 
+MAX_SAMPLE = 1000  # thumbnails: each is an image read and embedded in the page
+EXAMPLE_WIDTH = 100  # characters of an example URI in the terminal table
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` if it fits in `width` characters, else its start and end around a '…', so a
+    long URI keeps its bucket or folder and its file name and the table stays one line a row."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail :]
+
+
 def format_text(report: Report) -> str:
     """The tables for a terminal; text from the data passes through printable(), so a file
     name or label cannot move the cursor, clear the screen or reorder the line."""
     p = printable
     lines = [f"{'date':<10} {'labelled':>10} {'failed':>8}"]
-    lines += [f"{p(d):<10} {n:>10,} {f:>8,}" for d, n, f in report.per_date]
+    lines += [f"{shorten(p(d), 10):<10} {n:>10,} {f:>8,}" for d, n, f in report.per_date]
     total_n = sum(n for _, n, _ in report.per_date)
     total_f = sum(f for _, _, f in report.per_date)
     lines += [f"{'total':<10} {total_n:>10,} {total_f:>8,}", ""]
     lines += [f"{f'top {TOP_LABELS} labels (top-1)':<32} {'images':>10} {'mean score':>11}"]
-    lines += [f"{p(label)[:32]:<32} {n:>10,} {mean:>11.3f}" for label, n, mean in report.top_labels]
+    lines += [
+        f"{shorten(p(label), 32):<32} {n:>10,} {mean:>11.3f}"
+        for label, n, mean in report.top_labels
+    ]
     lines += ["", f"{'errors: stage/reason':<44} {'count':>7}  example"]
     lines += [
-        f"{p(stage + '/' + reason)[:44]:<44} {n:>7,}  {p(uri)}"
+        f"{shorten(p(stage + '/' + reason), 44):<44} {n:>7,}  {shorten(p(uri), EXAMPLE_WIDTH)}"
         for stage, reason, n, uri in report.reasons
     ]
     if not report.reasons:
@@ -49,7 +65,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("root", help="the --output ROOT of the runs (local or gs://)")
     parser.add_argument("--date", help="one partition date, YYYY-MM-DD (default: all)")
     parser.add_argument("--out", default="report", help="folder for report.png and report.html")
-    parser.add_argument("--sample", type=int, default=24, help="thumbnails in the HTML page")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=24,
+        help=f"thumbnails in the HTML page, 1 to {MAX_SAMPLE} (default %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -70,7 +91,13 @@ def write_files(out: str, chart: bytes, page: str) -> None:
         raise ReportError(f"--out {printable(out)} cannot be written to ({e.strerror})") from e
 
 
+def check_sample(sample: int) -> None:
+    if not 1 <= sample <= MAX_SAMPLE:
+        raise ReportError(f"--sample must be between 1 and {MAX_SAMPLE} thumbnails, not {sample}")
+
+
 def make_report(args: argparse.Namespace) -> None:
+    check_sample(args.sample)
     check_out(args.out)
     try:
         predictions, errors = read_output(args.root, args.date)
