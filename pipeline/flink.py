@@ -104,6 +104,15 @@ def beam_counters(master: str, job_id: str, namespace: str = "image_labeler") ->
     return totals
 
 
+def reached_labelling(master: str, job_id: str) -> int:
+    """Records that have entered the labelling vertex (RunInference's), all subtasks: Flink
+    counts these live, while Beam's counters arrive as each worker finishes its share."""
+    for vertex in rest(master, f"/jobs/{job_id}")["vertices"]:
+        if "RunInference" in vertex["name"]:
+            return vertex["metrics"]["read-records"]
+    return 0
+
+
 def varint(data: bytes) -> int:
     value = 0
     for shift, byte in enumerate(data):
@@ -157,6 +166,7 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         try:
             state = rest(master, f"/jobs/{job_id}")["state"]
             counts = beam_counters(master, job_id)
+            reached = reached_labelling(master, job_id)
             restarted = restarts(master, job_id)
         except (OSError, ValueError, KeyError):
             continue
@@ -166,8 +176,9 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
             failed = sum(n for k, n in counts.items() if k.startswith("failed_"))
             extra = f", {restarted} restart{'s' * (restarted != 1)}" if restarted else ""
             print(
-                f"{PROG}: Flink job {job_id} {state}: {counts.get('images_labelled', 0)} of "
-                f"{counts.get('images_queued', 0)} new images labelled, {failed} failed{extra}",
+                f"{PROG}: Flink job {job_id} {state}: {reached} of "
+                f"{counts.get('images_queued', 0)} new images at the labelling step, "
+                f"{counts.get('images_labelled', 0)} labelled, {failed} failed{extra}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -96,6 +96,7 @@ if [ -f "$home/.complete" ] && [ -f "$jar" ]; then
   exit 0
 fi
 
+rm -rf "$cache/flink/job-server-$beam-flink$flink" # the earlier layout (a lib/ folder)
 # A fresh folder each time; moved into place only when complete.
 work=$(mktemp -d "${TMPDIR:-/tmp}/flink-job-server.XXXXXX")
 trap 'rm -rf "$work"' EXIT
