@@ -131,12 +131,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-def run_flink(*args: str, timeout: int = 400) -> subprocess.Popen:
+def run_flink(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.Popen:
     """./run_flink.sh ARGS in its own process group (so the test can end all it started)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.Popen(
         [str(ROOT / "run_flink.sh"), *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -345,9 +345,11 @@ def test_sigterm_with_a_running_job_server_cancels_through_rest(
 
 def test_uber_jar_submission(cluster, images, reference, probe_model, tmp_path):
     """--flink_submit_uber_jar: no job server here; Beam uploads the self-contained job
-    server jar with the pipeline in it to the cluster, which runs it."""
+    server jar with the pipeline in it to the cluster, which runs it. The output is given
+    relative to the folder the command runs in, which is not the repository."""
     out = tmp_path / "out"
-    proc = run_flink(*cluster_args(cluster, images, out, probe_model), "--flink_submit_uber_jar")
+    args = cluster_args(cluster, images, "out", probe_model)
+    proc = run_flink(*args, "--flink_submit_uber_jar", cwd=tmp_path)
     status, err = finish(proc)
     assert status == 0, err[-3000:] + cluster.logs()
     assert_same_output(str(out), reference["out"])
