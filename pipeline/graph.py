@@ -13,7 +13,7 @@ from pipeline.options import SKIP_DATE, SKIP_NONE
 from transforms.feed import ReadAndDecode
 from transforms.inputs import KeepNew, ListInputs
 from transforms.models.handler import ImageClassifierHandler
-from transforms.output import ExistingRows, Versions, WritePartition
+from transforms.output import WRITE_STEPS, ExistingRows, Versions, WritePartition
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
 from transforms.rows import ERROR_SCHEMA, MODEL_VERSION, PREDICTION_SCHEMA, PREPROCESS
 from transforms.vocabulary import ERRORS, PREDICTIONS
@@ -76,19 +76,20 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
         decoded.images
         | "RunInference" >> RunInference(model_handler(config)).with_exception_handling()
     )
-    predictions = inferred | "TopK" >> beam.ParDo(
+    scored = inferred | "TopK" >> beam.ParDo(
         ToPredictionRow(config.labels, config.top_k, config.model)
-    )
+    ).with_outputs(ERRORS, main="predictions")
+    predictions = scored.predictions
     inference_errors = dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(
         failed_batch_rows
     )
-    errors = (decoded[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
+    errors = (decoded[ERRORS], scored[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
 
     stamp = {MODEL_VERSION: config.model_version, PREPROCESS: config.preprocess}
 
     def write(kind, schema):
         return WritePartition(config.output, kind, config.date, config.run_id, schema, stamp)
 
-    _ = predictions | "WritePredictions" >> write(PREDICTIONS, PREDICTION_SCHEMA)
-    _ = errors | "WriteErrors" >> write(ERRORS, ERROR_SCHEMA)
+    _ = predictions | WRITE_STEPS[PREDICTIONS] >> write(PREDICTIONS, PREDICTION_SCHEMA)
+    _ = errors | WRITE_STEPS[ERRORS] >> write(ERRORS, ERROR_SCHEMA)
     return LabelOutputs(predictions, errors)

@@ -6,6 +6,7 @@ python -m pipeline.run --input 'photos/**.jpg' --output out/ [beam options]
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -26,7 +27,10 @@ from pipeline.config import Config, ConfigError, prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
-from transforms.output import committed_rows, remove_temp
+from transforms.lease import Lease, LeaseHeld
+from transforms.models.catalog import ModelOutputError
+from transforms.output import committed_rows, remove_temp, write_fault
+from transforms.storage import gcs
 from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 
@@ -66,6 +70,58 @@ def committed(config: Config) -> dict[str, int]:
     return {k: committed_rows(config.output, k, config.date, config.run_id) for k in KINDS}
 
 
+def lease_client(config: Config):
+    """For a gs:// output, the storage client the lease is written with: the job's own
+    credentials and options (transforms.storage.gcs.access), as the output is written."""
+    if not config.output.startswith("gs://"):
+        return None
+    return gcs.access(config.storage_options).client
+
+
+def take_lease(lease: Lease) -> None:
+    """Takes the output's lease for the date (transforms/lease.py), or ConfigError naming the
+    run that holds it (exit status 2: refused before any work, nothing written)."""
+    try:
+        lease.acquire()
+    except LeaseHeld as e:
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # the lease cannot be written: as the start-up probe would say
+        raise ConfigError(f"--output {lease.uri} cannot be written ({e})") from e
+
+
+def model_output_error(exc: BaseException) -> str | None:
+    """The one line of a ModelOutputError that failed the job (raised when the worker loaded
+    a model whose output saved_model.pb did not declare), else None. A runner in another
+    process passes only its text."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModelOutputError):
+            return str(exc).split(" [while running", 1)[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def failed_job(exc: Exception, config: Config) -> tuple[int, str] | None:
+    """(exit status, one line) for a job that failed for a reason the user can fix: a model
+    whose output is wrong (2: nothing was written) or output that could not be written (4);
+    None for anything else, a bug (Beam's traceback, exit status 1)."""
+    if (line := model_output_error(exc)) is not None:
+        return exit_status.BAD_OPTION, f"{line}; nothing was written"
+    fault = write_fault(exc)
+    if fault is None:
+        return None
+    try:
+        kept = committed(config)
+        what = f"{kept[PREDICTIONS]} predictions and {kept[ERRORS]} error rows of this run are in"
+    except Exception:  # the output cannot be read back either
+        what = "what this run wrote is in"
+    return exit_status.OUTPUT_LOST, (
+        f"the output could not be written ({fault}); {what} {config.output}: fix that and "
+        "run the same command again: what is kept is not labelled twice"
+    )
+
+
 def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
     """Runs the job (to completion unless it is only staged or submitted); returns the exit
     status and whether the job ran in this process. Raises ConfigError on a bad option, and
@@ -86,9 +142,21 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
         print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
         return exit_status.OK, False
     in_process = runs_in_this_process(options)
-    printer = None
-    if not config.quiet and in_process:
-        printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
+    lease = Lease(config.output, config.date, config.run_id, client=lease_client(config))
+    try:
+        # One run per output and date: held from before the date's partitions are read
+        # (to skip what is done) until after the run's files are counted.
+        take_lease(lease)
+        printer = None
+        if not config.quiet and in_process:
+            printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
+        return finish(pipeline, config, started, in_process, printer)
+    finally:
+        lease.release()
+
+
+def finish(pipeline, config: Config, started: float, in_process: bool, printer) -> tuple[int, bool]:
+    """Runs the job to its end; the exit status and whether it ran in this process."""
     result = None
     try:
         result = pipeline.run()
@@ -107,13 +175,21 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
             file=sys.stderr,
         )
         return exit_status.INTERRUPTED[stop.signal_name], in_process
-    except RuntimeError as e:
-        # A portable runner's job that failed there (Flink: a task out of restarts, too few
-        # slots or network buffers): its root cause in one line, not the launcher's stack.
-        if in_process or "failed in state" not in str(e):
-            raise
-        print(f"{prog_name()}: error: the job failed: {one_line(str(e))}", file=sys.stderr)
-        return exit_status.OUTPUT_LOST, in_process
+    except Exception as e:
+        if printer:
+            printer.stop()
+            printer = None
+        known = failed_job(e, config)
+        if known is None and portable_job_failed(e, in_process):
+            # A portable runner's job that failed there (Flink: a task out of restarts, too
+            # few slots or network buffers): its root cause in one line, not the launcher's
+            # stack.
+            known = exit_status.OUTPUT_LOST, f"the job failed: {one_line(str(e))}"
+        if known is None:
+            raise  # a bug: Beam's traceback, exit status 1
+        status, line = known
+        print(f"{prog_name()}: error: {line}", file=sys.stderr)
+        return status, in_process
     finally:
         if printer:
             printer.stop()
@@ -121,11 +197,17 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
     written = committed(config)
     status, why = summary.outcome(counts, written, config.max_error_ratio)
     if status != exit_status.OUTPUT_LOST:
-        remove_temp(config.output, config.run_id)
+        with contextlib.suppress(Exception):  # debris in _temp/ harms nothing (README)
+            remove_temp(config.output, config.run_id)
     print(summary.summarize(counts, written, config, time.monotonic() - started), file=sys.stderr)
     if why:
         print(f"{prog_name()}: error: {why}", file=sys.stderr)
     return status, in_process
+
+
+def portable_job_failed(exc: Exception, in_process: bool) -> bool:
+    """A job run out of this process (Flink, a job service) that failed there."""
+    return not in_process and isinstance(exc, RuntimeError) and "failed in state" in str(exc)
 
 
 def cancel(result) -> None:
@@ -172,8 +254,60 @@ def stop_on(signum, _frame):
     raise Stopped(signal.Signals(signum).name)
 
 
+class _Unbreakable:
+    """A text stream whose write and flush never raise: a full or closed stderr (2>/dev/full,
+    a reader that went away) loses the text, never the exit status."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.write(text)
+            if self._stream.line_buffering and "\n" in text:
+                self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def guard_std_streams() -> None:
+    """File descriptors 0-2 are open (a closed one gets /dev/null, so no file the job opens
+    takes its number and receives its text) and sys.stdout and sys.stderr never raise."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if stream is None:  # closed when Python started: text to /dev/null (fd reopened)
+            stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            stream.reconfigure(line_buffering=True)
+        setattr(sys, name, _Unbreakable(stream))
+
+
 def main() -> None:
+    guard_std_streams()
     logging.getLogger().setLevel(logging.WARNING)
+    # Beam logs a failing step's exception with its traceback before raising it: the raise
+    # either becomes our one line (a write fault, a wrong model) or, for a bug, the traceback.
+    logging.getLogger("apache_beam.runners.common").addFilter(
+        lambda r: "[while running '" not in str(r.msg)
+    )
+    # A finished file that cannot be renamed into its partition stays in _temp/ and is
+    # counted as missing (exit status 4, last line); Beam's warning about it is not ours.
+    logging.getLogger("apache_beam.io.fileio").addFilter(
+        lambda r: "left orphaned in the temporary folder" not in str(r.msg)
+    )
     # Beam 2.77's RunInference imports `resource` in one try with a torch-only module, so
     # without torch it warns "Resource module is not available" on every run: not ours.
     logging.getLogger().addFilter(lambda r: "Resource module is not available" not in str(r.msg))

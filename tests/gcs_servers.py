@@ -324,6 +324,54 @@ def _act_like_gcs(emulator) -> None:
                 handlers[method] = ls
 
 
+def _enforce_generation_preconditions() -> None:
+    """ifGenerationMatch on uploads and deletes, as GCS has it (the emulator ignores it): 412
+    unless the object's generation is the one given (0: the object must not exist). Checked
+    and applied under one lock, so two uploads with ifGenerationMatch=0 cannot both win."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    lock = threading.Lock()
+
+    def generation(storage, bucket: str, name: str) -> str:
+        try:
+            return str(storage.get_file_obj(bucket, name)["generation"])
+        except NotFound:
+            return "0"
+
+    def guarded(handler, name_of):
+        def call(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if not wanted:
+                return handler(request, response, storage, *args, **kwargs)
+            with lock:
+                bucket = request.params["bucket_name"]
+                if generation(storage, bucket, name_of(request)) != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+                    return None
+                return handler(request, response, storage, *args, **kwargs)
+
+        return call
+
+    def upload_name(request) -> str:
+        if "name" in request.query:
+            return request.query["name"][0]
+        return request.data["meta"].get("name")
+
+    objects._multipart_upload = guarded(objects._multipart_upload, upload_name)
+    objects._media_upload = guarded(objects._media_upload, upload_name)
+    delete = guarded(objects.delete, lambda request: request.params["object_id"])
+    from gcp_storage_emulator import server as emulator
+
+    emulator.HANDLERS = tuple(
+        (regex, {m: delete if h is objects.delete else h for m, h in handlers.items()})
+        for regex, handlers in emulator.HANDLERS
+    )
+
+
 def _serve(
     port: int, data_dir: str, log: str, faults: bool, threaded: bool = False, in_memory=False
 ) -> None:
@@ -337,6 +385,7 @@ def _serve(
     logging.getLogger("gcp_storage_emulator").addHandler(handler)
     logging.getLogger("gcp_storage_emulator").setLevel(logging.INFO)
     _act_like_gcs(emulator)
+    _enforce_generation_preconditions()
     if faults:
         _inject_faults(emulator.RequestHandler)
     if threaded:

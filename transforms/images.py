@@ -54,11 +54,12 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         try:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            raise DecodeError(v.TOO_MANY_PIXELS, f"decompression bomb: {e}") from e
+            raise DecodeError(
+                v.TOO_MANY_PIXELS, "decompression bomb: more than twice the pixel limit"
+            ) from e
         except Image.UnidentifiedImageError as e:
             raise DecodeError(
-                v.NOT_AN_IMAGE,
-                f"not an image or unsupported format ({len(data)} bytes, starts {data[:8]!r})",
+                v.NOT_AN_IMAGE, f"not an image or unsupported format ({len(data):,} bytes)"
             ) from e
     width, height = img.size
     if width * height > max_pixels:
@@ -68,6 +69,17 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             f"exceeds the limit of {max_pixels}",
         )
     return img
+
+
+def corrupt(fmt: str | None, exc: BaseException) -> DecodeError:
+    """The error for pixel data a decoder gave up on. It names the kind of failure and the
+    decoder's exception type, never the decoder's message: those quote the file's bytes
+    (PIL: "broken PNG file (chunk b'...')", "not a TIFF file (header b'...')", libjpeg:
+    marker values), and error rows must hold no content of the input."""
+    message = str(exc).lower()
+    # PIL says "truncated"; libjpeg (simplejpeg) "Premature end of JPEG file".
+    what = "truncated" if "truncat" in message or "premature end" in message else "corrupt"
+    return DecodeError(v.CORRUPT, f"{what} {fmt or 'image'} data ({type(exc).__name__})")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -105,10 +117,8 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXE
         img.load()
         img = ImageOps.exif_transpose(img)
         rgb = to_rgb(img)
-    except OSError as e:  # truncated or corrupt pixel data, codec errors
-        raise DecodeError(v.CORRUPT, f"corrupt or truncated image data ({img.format}): {e}") from e
-    except (ValueError, SyntaxError, EOFError) as e:
-        raise DecodeError(v.CORRUPT, f"undecodable {img.format} image: {e}") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # bad pixel data, codec errors
+        raise corrupt(img.format, e) from e
     return resize_square(rgb, size)
 
 
@@ -164,7 +174,7 @@ def jpeg_to_square(data: bytes, img: Image.Image, size: int) -> np.ndarray:
             min_height=-(-height // scale),
         )
     except ValueError as e:  # libjpeg's errors and warnings (strict): truncated, corrupt
-        raise DecodeError(v.CORRUPT, f"corrupt or truncated image data (JPEG): {e}") from e
+        raise corrupt("JPEG", e) from e
     out = resize_square(Image.fromarray(pixels), size)
     orient = _ORIENT.get(img.getexif().get(ORIENTATION_TAG))
     return np.ascontiguousarray(orient(out)) if orient else out

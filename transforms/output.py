@@ -3,7 +3,9 @@ URIs a date's partitions already hold (what a re-run skips)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ from apache_beam.options.value_provider import StaticValueProvider
 from transforms.printable import error_line, printable
 from transforms.rows import MODEL_VERSION, SOURCE_VERSION
 from transforms.storage.uris import glob_escape, local_path
-from transforms.vocabulary import KINDS
+from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 TEMP_DIR = "_temp"  # '_' keeps pyarrow, Spark and BigQuery from reading it as data
 ROWS_PER_GROUP = 10_000
@@ -95,6 +97,61 @@ def output_prefixes(root: str) -> tuple[str, ...]:
     ROOT/_temp/): files starting with one are this job's output, never its input."""
     base = root.rstrip("/")
     return tuple(FileSystems.join(base, name) + "/" for name in (*KINDS, TEMP_DIR))
+
+
+# The graph's labels of the steps that write each kind (pipeline/graph.py applies them).
+WRITE_STEPS = {PREDICTIONS: "WritePredictions", ERRORS: "WriteErrors"}
+
+# errno values that can only mean the output could not take a file; others (a permission, an
+# I/O error) count as write faults when a write step raised them.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^\[\]'\"\n]+)")
+
+
+def _os_errors(exc: BaseException):
+    """The OSErrors (with an errno) in an exception's chain, and in the details Beam's
+    BeamIOError keeps per file, outermost first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and isinstance(exc.errno, int):
+            yield exc
+        details = getattr(exc, "exception_details", None)
+        if isinstance(details, dict):
+            for detail in details.values():
+                if isinstance(detail, OSError) and isinstance(detail.errno, int):
+                    yield detail
+        exc = exc.__cause__ or exc.__context__
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def write_fault(exc: BaseException) -> str | None:
+    """What kept the run's output from being written, in a few words ('No space left on
+    device'), when `exc`, the failure of a job, is a write fault: a full disk or quota, a
+    file-size limit or a read-only file system anywhere in its chain (or, from a runner in
+    another process, in its text), or any storage fault raised by a write step. None for
+    any other failure (a bug)."""
+    text = _chain_text(exc)
+    in_write_step = any(f"while running '{step}" in text for step in WRITE_STEPS.values())
+    for error in _os_errors(exc):
+        if in_write_step or error.errno in _FULL_OR_READ_ONLY:
+            where = f": {error.filename}" if error.filename else ""
+            return f"{os.strerror(error.errno)}{where}"
+    found = _ERRNO_TEXT.search(text)
+    if found and (in_write_step or int(found[1]) in _FULL_OR_READ_ONLY):
+        return found[2].strip()
+    if in_write_step:
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return re.sub(r" \[while running '[^']*'\]", "", first)[:300]
+    return None
 
 
 class PartFileError(ValueError):

@@ -3,6 +3,7 @@ error rows."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
@@ -10,17 +11,36 @@ import numpy as np
 
 from transforms import metrics
 from transforms import vocabulary as v
-from transforms.rows import SOURCE_VERSION, error_row, utc_now
+from transforms.rows import SOURCE_VERSION, error_row, failure_row, utc_now
 from transforms.storage.listing import Work
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Softmax over a 1-D logit vector; the k best class ids (best first) and probabilities."""
     logits = np.asarray(logits, dtype=np.float64)
-    exp = np.exp(logits - logits.max())
-    probs = exp / exp.sum()
+    with np.errstate(all="ignore"):  # NaN and infinities are checked below
+        exp = np.exp(logits - logits.max())
+        probs = exp / exp.sum()
+    if not np.isfinite(probs).all():  # NaN or +Inf logits, or every one -Inf
+        raise non_finite(logits)
     best = best_first(probs, k)
     return best.astype(np.int32), probs[best].astype(np.float32)
+
+
+def non_finite(logits: np.ndarray) -> v.ImageError:
+    """The error for logits that give no probability distribution; the message counts the
+    kinds of bad values, never quoting the scores."""
+    counts = (
+        (int(np.isnan(logits).sum()), "NaN"),
+        (int(np.isposinf(logits).sum()), "+Inf"),
+        (int(np.isneginf(logits).sum()), "-Inf"),
+    )
+    found = ", ".join(f"{n} {what}" for n, what in counts if n)
+    return v.ImageError(
+        v.NON_FINITE,
+        f"the model's {len(logits)} logits for this image hold {found}: no probabilities "
+        "(a broken model or weights)",
+    )
 
 
 def best_first(values: np.ndarray, k: int) -> np.ndarray:
@@ -60,7 +80,8 @@ def prediction_rows(
 
 class ToPredictionRow(beam.DoFn):
     """(work, PredictionResult) -> a prediction row per input of the work, each counted as
-    labelled."""
+    labelled; scores that are not finite -> an error row per input, tagged ERRORS (stage
+    inference), each counted as failed."""
 
     def __init__(self, labels: Sequence[str], k: int, model: str):
         self._labels = list(labels)
@@ -69,17 +90,46 @@ class ToPredictionRow(beam.DoFn):
 
     def process(self, element):
         work, result = element
-        for row in prediction_rows(work, result.inference, self._labels, self._k, self._model):
+        try:
+            rows = prediction_rows(work, result.inference, self._labels, self._k, self._model)
+        except v.ImageError as e:  # non-finite scores: error rows, counted as failed
+            for item in work:
+                error = failure_row(item.uri, v.INFERENCE, e, item.version)
+                metrics.count_failure(error)
+                yield beam.pvalue.TaggedOutput(v.ERRORS, error)
+            return
+        for row in rows:
             metrics.count_labelled()
             yield row
+
+
+# TensorFlow's assertion text: the model's own message in the first brackets, then tensor
+# values (computed from the images) in the next ones.
+_ASSERTION = re.compile(r"assertion failed: \[([^\]]*)\]")
+MAX_DETAIL = 200
+
+
+def inference_error(exc_type: type, trace: Sequence[str]) -> str:
+    """'ExceptionType: detail' for a failed batch: the first line of the exception's message
+    (for a TensorFlow assertion, the model's own message), never the tensor values TensorFlow
+    prints after it, which come from the images."""
+    last = trace[-1].strip() if trace else ""
+    message = last.split(": ", 1)[1] if ": " in last else ""
+    found = _ASSERTION.search(message)
+    if found:
+        detail = f"assertion failed: {found[1].strip()}"
+    else:
+        detail = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 3] + "..."
+    return f"{exc_type.__name__}: {detail}" if detail else exc_type.__name__
 
 
 def failed_batch_rows(failure) -> Iterable[dict]:
     """RunInference's dead letter (batch of (work, image), exception info) -> a row per
     input."""
     batch, (exc_type, _, trace) = failure
-    # The traceback's last line reads "ExceptionType: message", the form error rows carry.
-    error = trace[-1].strip() if trace else exc_type.__name__
+    error = inference_error(exc_type, trace)
     for work, _ in batch:
         for item in work:
             row = error_row(item.uri, v.INFERENCE, v.MODEL_FAILED, error, item.version)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from transforms.vocabulary import reason_for
+from transforms.vocabulary import READ, ImageError, reason_for
 
 # Which input, which weights and which pixels produced a row (README "Output"): the source's
 # version as listed (storage/listing.py), a digest of the model's content
@@ -66,5 +66,10 @@ def error_row(uri: str, stage: str, reason: str, error: str, source_version: str
 
 
 def failure_row(uri: str, stage: str, exc: BaseException, source_version: str = "") -> dict:
-    """The error row for an exception raised while `stage` worked on `uri`."""
+    """The error row for an exception raised while `stage` worked on `uri`. Past the read,
+    only this project's own messages (ImageError) are kept: a decoder's or other library's
+    message may quote the bytes it choked on, and error rows hold no content of the input,
+    so of those only the exception type is kept."""
+    if stage != READ and not isinstance(exc, ImageError):
+        return error_row(uri, stage, reason_for(stage, exc), type(exc).__name__, source_version)
     return error_row(uri, stage, reason_for(stage, exc), describe(exc), source_version)

@@ -37,6 +37,24 @@ class ModelDownloadError(ModelError):
     """A TF Hub handle could not be downloaded (no network, TF Hub away)."""
 
 
+class ModelOutputError(ModelError):
+    """The model does not return what a classifier must (one number tensor [batch, classes]):
+    a dict or tuple, another rank, or a width other than the number of labels. Raised at
+    start-up where saved_model.pb tells, else when the worker loads the model (handler.py);
+    the one-line message names the model and what it returns."""
+
+
+# What a SavedModel function's output structure (StructuredValue's `kind`) is, in words.
+_STRUCTURES = {
+    "dict_value": "a dict of values",
+    "tuple_value": "a tuple of values",
+    "list_value": "a list of values",
+    "named_tuple_value": "a named tuple of values",
+    "none_value": "nothing",
+}
+WANTED = "one tensor of scores [batch, classes]"
+
+
 def native_size(model: str) -> int:
     return NATIVE_SIZES.get(model, DEFAULT_IMAGE_SIZE)
 
@@ -144,7 +162,8 @@ MAX_SAVED_MODEL_BYTES = 1 << 30
 
 def saved_model_outputs(model_dir: str) -> int | None:
     """Number of outputs of the SavedModel's __call__, read from saved_model.pb alone (no
-    variables loaded), or None when the file does not say (then the load-time check rules)."""
+    variables loaded), or None when the file does not say (then the load-time check rules).
+    ModelOutputError when it says __call__ returns anything but one rank-2 tensor."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
@@ -152,12 +171,23 @@ def saved_model_outputs(model_dir: str) -> int | None:
     saved.ParseFromString(read_whole(pb, MAX_SAVED_MODEL_BYTES))
     graph = saved.meta_graphs[0].object_graph_def
     calls = [c.node_id for c in graph.nodes[0].children if c.local_name == "__call__"]
-    sizes = {
-        spec.shape.dim[-1].size
-        for node in calls
-        for name in graph.nodes[node].function.concrete_functions
-        if (spec := graph.concrete_functions[name].output_signature.tensor_spec_value).shape.dim
-    }
+    sizes = set()
+    for node in calls:
+        for name in graph.nodes[node].function.concrete_functions:
+            structure = graph.concrete_functions[name].output_signature
+            kind = structure.WhichOneof("kind")
+            if kind in _STRUCTURES:
+                raise ModelOutputError(f"returns {_STRUCTURES[kind]}, not {WANTED}")
+            if kind != "tensor_spec_value":
+                continue
+            shape = structure.tensor_spec_value.shape
+            if not shape.unknown_rank and len(shape.dim) != 2:
+                raise ModelOutputError(
+                    f"returns a rank-{len(shape.dim)} tensor, not {WANTED}: one row of scores "
+                    "per image"
+                )
+            if shape.dim:
+                sizes.add(shape.dim[-1].size)
     return sizes.pop() if len(sizes) == 1 and min(sizes) > 0 else None
 
 
@@ -191,6 +221,8 @@ def check_model(handle: str, num_labels: int) -> str:
         )
     try:
         outputs = saved_model_outputs(folder)
+    except ModelOutputError as e:
+        raise ModelOutputError(f"--model {handle} {e}") from None
     except ImageError as e:  # a FIFO, a device, a folder, too large: refused unread
         raise ModelError(f"--model {handle}: saved_model.pb cannot be read ({e})") from None
     except Exception as e:  # not a protobuf, or not a SavedModel's

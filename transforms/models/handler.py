@@ -10,7 +10,13 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.metrics import NAMESPACE
-from transforms.models.catalog import check_label_count, resolve_model_dir
+from transforms.models.catalog import (
+    WANTED,
+    ModelError,
+    ModelOutputError,
+    check_label_count,
+    resolve_model_dir,
+)
 
 
 def load_module(handle: str) -> Any:
@@ -65,6 +71,26 @@ def as_tensor(images: np.ndarray) -> Any:
     return tf.experimental.dlpack.from_dlpack(images.__dlpack__())
 
 
+def output_problem(out: Any, images: int) -> str | None:
+    """What is wrong with a model's output for a batch of `images` (a value returned by the
+    traced call), or None if it is one number tensor [images, classes]."""
+    if isinstance(out, dict):
+        return f"returns a dict ({', '.join(map(repr, sorted(map(str, out))))}), not {WANTED}"
+    if isinstance(out, (tuple, list)):
+        return f"returns a {type(out).__name__} of {len(out)} values, not {WANTED}"
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape is None or dtype is None:
+        return f"returns a {type(out).__name__}, not {WANTED}"
+    if not (dtype.is_floating or dtype.is_integer):
+        return f"returns {dtype.name} values, not numbers: not {WANTED}"
+    if len(shape) != 2 or shape[0] != images:
+        return (
+            f"returns a tensor of shape {tuple(shape)} for {images} image(s), not {WANTED}: "
+            "one row of scores per image"
+        )
+    return None
+
+
 class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable]):
     """Loads a TF2 SavedModel image classifier with hub.load; input uint8 (N, S, S, 3).
 
@@ -98,10 +124,16 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
             return module(tf.cast(images, tf.float32) / 255.0)
 
         logits.module = module  # keep the restored variables alive with the function
-        # One grey image traces the function and tells the number of outputs.
-        outputs = logits(np.full((1, size, size, 3), 128, np.uint8)).shape[-1]
+        # One grey image traces the function and tells what it returns: a wrong shape or
+        # type stops the job here with one line (ModelOutputError), before any image.
+        out = logits(np.full((1, size, size, 3), 128, np.uint8))
+        if problem := output_problem(out, 1):
+            raise ModelOutputError(f"--model {self._model} {problem}")
         if self._num_classes is not None:
-            check_label_count(self._model, outputs, self._num_classes)
+            try:
+                check_label_count(self._model, out.shape[-1], self._num_classes)
+            except ModelError as e:
+                raise ModelOutputError(str(e)) from None
         return logits
 
     def run_inference(
@@ -110,7 +142,13 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         model: Callable,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        logits = model(as_tensor(stack_aligned(batch))).numpy()
+        out = model(as_tensor(stack_aligned(batch)))
+        problem = output_problem(out, len(batch))
+        if problem is None and self._num_classes not in (None, out.shape[-1]):
+            problem = f"returns {out.shape[-1]} scores per image, not {self._num_classes}"
+        if problem:  # a model whose output changes with the batch: these images fail
+            raise ModelOutputError(f"--model {self._model} {problem}")
+        logits = out.numpy()
         return [PredictionResult(image, row) for image, row in zip(batch, logits, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
