@@ -25,12 +25,13 @@ from apache_beam.options.pipeline_options import (
 from pipeline import exit_status, plan, summary
 from pipeline.config import Config, ConfigError, prepare
 from pipeline.graph import build_pipeline
-from pipeline.options import LabelerOptions, parse_options
+from pipeline.options import SKIP_ALL, LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
-from transforms.lease import Lease, LeaseHeld
 from transforms.models.catalog import ModelOutputError
 from transforms.output import committed_rows, remove_temp, write_fault
 from transforms.storage import gcs
+from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld
+from transforms.storage.uris import is_gcs
 from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 
@@ -73,13 +74,13 @@ def committed(config: Config) -> dict[str, int]:
 def lease_client(config: Config):
     """For a gs:// output, the storage client the lease is written with: the job's own
     credentials and options (transforms.storage.gcs.access), as the output is written."""
-    if not config.output.startswith("gs://"):
+    if not is_gcs(config.output):
         return None
     return gcs.access(config.storage_options).client
 
 
 def take_lease(lease: Lease) -> None:
-    """Takes the output's lease for the date (transforms/lease.py), or ConfigError naming the
+    """Takes the output's lease for the date (storage/lease.py), or ConfigError naming the
     run that holds it (exit status 2: refused before any work, nothing written)."""
     try:
         lease.acquire()
@@ -142,7 +143,9 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
         print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
         return exit_status.OK, False
     in_process = runs_in_this_process(options)
-    lease = Lease(config.output, config.date, config.run_id, client=lease_client(config))
+    # A run that skips what any date holds reads every date's rows: it holds the whole output.
+    scope = ALL_DATES if config.skip_existing == SKIP_ALL else config.date
+    lease = Lease(config.output, scope, config.run_id, client=lease_client(config))
     try:
         # One run per output and date: held from before the date's partitions are read
         # (to skip what is done) until after the run's files are counted.

@@ -39,6 +39,17 @@ def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
     )
 
 
+def report_cli(*args: str) -> subprocess.CompletedProcess:
+    """python -m pipeline.report ARGS; stdout and stderr captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.report", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def cli_env() -> dict[str, str]:
     """The environment a user's run has: TensorFlow's log level unset."""
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

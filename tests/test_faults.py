@@ -27,7 +27,7 @@ from PIL import Image
 from tests.images import encode, patch_image, png_bomb
 from tests.runs import ROOT, cli, cli_env, read_rows
 from transforms import vocabulary as v
-from transforms.lease import Lease, LeaseHeld, Owner, lease_uri
+from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld, Owner, lease_uri
 
 pytestmark = pytest.mark.slow  # real runs of the real command, real mounts and processes
 
@@ -124,8 +124,10 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.005)
 
 
-def lease_file(out) -> pathlib.Path:
-    return pathlib.Path(lease_uri(str(out), DATE))
+def lease_file(out, scope: str = ALL_DATES) -> pathlib.Path:
+    """A lease's file; by default the one a run with the default --skip_existing holds: the
+    whole output's (it skips what any date's rows hold)."""
+    return pathlib.Path(lease_uri(str(out), scope))
 
 
 def fill(path: pathlib.Path) -> None:
@@ -471,10 +473,12 @@ def test_a_second_concurrent_run_is_refused_naming_the_first(probe_model, tmp_pa
         first.send_signal(signal.SIGSTOP)  # holds the lease for as long as the test needs
         holder = Owner.from_bytes(lease_file(out).read_bytes())
         second = cli(*args)
+        another_date = cli(*args, "--date=2025-06-09")  # it would skip what the first writes
         first.send_signal(signal.SIGCONT)
         _, first_err = first.communicate(timeout=120)
-    line = one_line(second.stderr, 2, second.returncode)
-    assert f"is being written by run {holder.run_id} (pid {first.pid} on " in line
+    for refused in (second, another_date):
+        line = one_line(refused.stderr, 2, refused.returncode)
+        assert f"is being written by run {holder.run_id} (pid {first.pid} on " in line
     assert first.returncode == 0, first_err[-3000:]
     assert once(out) == inputs
     assert not lease_file(out).exists()
@@ -537,7 +541,7 @@ def fake_lease(path: pathlib.Path, **fields) -> Owner:
     ids=["stale-heartbeat", "fresh-elsewhere", "pid-reused", "alive-here"],
 )
 def test_a_lease_is_taken_over_only_when_its_owner_has_gone(fields, taken, tmp_path):
-    path = lease_file(tmp_path)
+    path = lease_file(tmp_path, DATE)
     holder = fake_lease(path, **fields)
     lease = Lease(str(tmp_path), DATE, "20250607T000000-123456")
     if not taken:
@@ -552,7 +556,7 @@ def test_a_lease_is_taken_over_only_when_its_owner_has_gone(fields, taken, tmp_p
 
 
 def test_an_unreadable_lease_is_refused_until_it_is_old(tmp_path):
-    path = lease_file(tmp_path)
+    path = lease_file(tmp_path, DATE)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"")  # a run that died between creating and writing it
     with pytest.raises(LeaseHeld, match="another run"):
@@ -565,7 +569,7 @@ def test_an_unreadable_lease_is_refused_until_it_is_old(tmp_path):
 
 def test_heartbeats_renew_only_a_lease_still_held(tmp_path):
     lease = Lease(str(tmp_path), DATE, "r1", heartbeat=3600).acquire()
-    path = lease_file(tmp_path)
+    path = lease_file(tmp_path, DATE)
     first = Owner.from_bytes(path.read_bytes())
     time.sleep(0.01)
     assert lease.renew()
@@ -604,7 +608,7 @@ def test_two_concurrent_runs_on_gcs_one_refused(gcs, bucket, probe_model, tmp_pa
     out = f"gs://{bucket}/out"
     args = [f"--input={tmp_path / 'images'}/*.png", *job(out, probe_model)]
     blobs = storage.Client().bucket(bucket)
-    name = f"out/_temp/lease-{DATE}"
+    name = f"out/_temp/lease-{ALL_DATES}"
     with running(args) as first:
         wait_for(lambda: blobs.get_blob(name) is not None, first)
         first.send_signal(signal.SIGSTOP)

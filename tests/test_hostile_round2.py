@@ -8,7 +8,6 @@ import math
 import os
 import pathlib
 import subprocess
-import sys
 import threading
 
 import pyarrow as pa
@@ -17,7 +16,7 @@ import pytest
 
 from pipeline.config import ConfigError, check_number, enclosing_output
 from pipeline.report.cli import shorten
-from tests.runs import ROOT, cli, read_rows
+from tests.runs import cli, read_rows, report_cli
 from tests.test_hostile_inputs import DATE, labelled_once, start_up_error
 from transforms.inputs import (
     MAX_URI_BYTES,
@@ -456,21 +455,11 @@ def write_errors(root: pathlib.Path, uris: list[str]) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=ERROR_SCHEMA), folder / "part-x.parquet")
 
 
-def report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.report", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.slow  # runs the real command
 @pytest.mark.parametrize("sample", ["-1", "0", "1001"])
 def test_report_sample_must_be_positive_and_bounded(sample, tmp_path):
     write_errors(tmp_path / "out", ["/x/a.jpg"])
-    proc = report(str(tmp_path / "out"), f"--sample={sample}", f"--out={tmp_path}/r")
+    proc = report_cli(str(tmp_path / "out"), f"--sample={sample}", f"--out={tmp_path}/r")
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "--sample must be between 1 and" in lines[0], proc.stderr
@@ -481,7 +470,7 @@ def test_report_sample_must_be_positive_and_bounded(sample, tmp_path):
 def test_report_shortens_long_values_in_the_terminal(tmp_path):
     long = "/x/" + "é" * 20000 + "\x1b[2J.jpg"
     write_errors(tmp_path / "out", [long])
-    proc = report(str(tmp_path / "out"), f"--out={tmp_path}/r")
+    proc = report_cli(str(tmp_path / "out"), f"--out={tmp_path}/r")
     assert proc.returncode == 0, proc.stderr
     assert max(len(line) for line in proc.stdout.splitlines()) <= 160
     assert "\x1b" not in proc.stdout and "…" in proc.stdout

@@ -2,8 +2,6 @@
 opened in headless Chromium: no console errors, every thumbnail shown; local and gs://."""
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +12,7 @@ from PIL import Image
 
 from pipeline.report.data import build_report
 from tests.browser import Page
-from tests.runs import ROOT
+from tests.runs import report_cli
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA, error_row, utc_now
 
 # (date, top-1 label, top-1 score) per labelled image; errors as (date, stage, error).
@@ -74,16 +72,6 @@ def write_known_output(root: str, image_uris: list[str]) -> None:
         )
         with FileSystems.create(path) as f:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
-
-
-def report_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.report", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(params=["local", pytest.param("gcs", marks=pytest.mark.slow)])

@@ -1,5 +1,7 @@
 """One run per output and date at a time: a lease, ROOT/_temp/lease-<date>, that a run holds
-from before its first read of the date's partitions until after its last write.
+from before its first read of the partitions until after its last write; a run that reads
+every date's partitions (to skip what any date holds) takes the whole output's,
+ROOT/_temp/lease-all-dates.
 
 The lease is a small JSON document naming its owner (host, pid, the pid's start time, run id)
 and a heartbeat the owner renews every HEARTBEAT_SECONDS. It is created only where none
@@ -23,6 +25,8 @@ import socket
 import threading
 import time
 import uuid
+
+from transforms.storage.uris import is_gcs
 
 LEASE_PREFIX = "lease-"
 HEARTBEAT_SECONDS = 30.0
@@ -244,6 +248,9 @@ class _GcsStore:
         return blob.generation
 
 
+ALL_DATES = "all-dates"  # the scope of a run that reads every date's rows
+
+
 def lease_uri(root: str, date: str, temp_dir: str = "_temp") -> str:
     return f"{root.rstrip('/')}/{temp_dir}/{LEASE_PREFIX}{date}"
 
@@ -264,7 +271,7 @@ class Lease:
     ):
         self.uri = lease_uri(root, date)
         self._root, self._date = root, date
-        if self.uri.startswith("gs://"):
+        if is_gcs(self.uri):
             if client is None:
                 from google.cloud import storage
 
@@ -319,10 +326,11 @@ class Lease:
 
     def _refusal(self, holder: Owner | None, now: float) -> str:
         who = holder.describe(now) if holder else "another run (its lease is being written)"
+        scope = "" if self._date == ALL_DATES else f" for --date {self._date}"
         return (
-            f"--output {self._root} for --date {self._date} is being written by {who}; one run per "
-            f"output and date at a time: wait for it to finish (a lease whose run has gone, "
-            f"{self.uri}, is taken over by the next run)"
+            f"--output {self._root}{scope} is being written by {who}; one run per output and "
+            f"date at a time: wait for it to finish (a lease whose run has gone, {self.uri}, is "
+            "taken over by the next run)"
         )
 
     def _held(self, token: object) -> Lease:
