@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.graph import classifier
 from pipeline.options import SKIP_DATE, SKIP_NONE
 from transforms.feed import Failure, Feeder
@@ -27,6 +27,7 @@ from transforms.inputs import (
     manifest_uris,
     verdict,
 )
+from transforms.models.catalog import ModelError
 from transforms.output import Versions, done_files, done_rows, output_prefixes
 from transforms.storage.listing import Listed, Work, as_work, content_key
 from transforms.storage.uris import normalize_uri
@@ -144,7 +145,10 @@ def estimate(config: Config) -> Plan:
         sample = random.Random(0).sample(works, min(config.plan_sample, len(works)))
         plan.sampled = len(sample)
         plan.decode_wall_s, plan.decode_cpu_s, images = time_decoding(config, sample)
-        plan.model_s = time_model(config, images)
+        try:
+            plan.model_s = time_model(config, images)
+        except ModelError as e:  # an output saved_model.pb left open, found on loading
+            raise ConfigError(str(e)) from None
     return plan
 
 

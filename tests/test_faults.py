@@ -459,6 +459,9 @@ def test_an_output_shape_saved_model_pb_leaves_open_is_checked_on_the_worker(
     assert line.startswith(f"{PROG}error: --model {model} "), line
     assert says in line, line
     assert once(out) == []  # nothing written: the same command runs again once fixed
+    plan = cli(f"--input={tmp_path / 'images'}/*.png", *job(out, model), "--plan")
+    planned = one_line(plan.stderr, status, plan.returncode)  # --plan loads it too
+    assert planned.startswith(f"{PROG}error: --model {model} ") and says in planned, planned
 
 
 # --- 6. one run per output and date at a time -----------------------------------------------
