@@ -100,14 +100,17 @@ def flink_day1(photos: str, out: str, model: str, work: str) -> dict:
     cluster = os.path.join(work, "flink")
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "flink_cluster.sh")
     started = subprocess.run(
-        ["bash", script, "start", cluster, "--taskmanagers", "2"],
+        ["bash", script, "start", "--dir", cluster, "--taskmanagers", "2", "--slots", "1"],
         capture_output=True,
         text=True,
     )
     if started.returncode:
         return {"error": started.stderr.strip()[-500:]}
     try:
-        flags = re.findall(r"--\S+", started.stdout.splitlines()[-1])
+        line = started.stdout.strip().splitlines()[-1]
+        master = re.search(r"--flink_master (\S+)", line)[1]
+        worker = re.search(r"--worker_command (\S+)", line)[1]
+        flags = [f"--flink_master={master}", f"--worker_command={worker}"]
         run = os.path.join(os.path.dirname(__file__), "..", "run_flink.sh")
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -136,7 +139,7 @@ def flink_day1(photos: str, out: str, model: str, work: str) -> dict:
             "tail": proc.stderr.strip().splitlines()[-1:],
         }
     finally:
-        subprocess.run(["bash", script, "stop", cluster], capture_output=True)
+        subprocess.run(["bash", script, "stop", "--dir", cluster], capture_output=True)
 
 
 def main(argv=None) -> None:
@@ -145,6 +148,7 @@ def main(argv=None) -> None:
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--work", default="/tmp/beam-image-labeler-scale")
     parser.add_argument("--flink", action="store_true")
+    parser.add_argument("--flink_only", action="store_true", help="only day 1 at --small on Flink")
     args = parser.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
     seeds = os.path.join(args.work, "seeds")
@@ -155,6 +159,15 @@ def main(argv=None) -> None:
     report: dict = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.ctime()}
 
     small, big = os.path.join(args.work, "small"), os.path.join(args.work, "big")
+    if args.flink_only:
+        make_tree(small, args.small, seeds)
+        flink_out = os.path.join(args.work, "out_flink")
+        report["flink_day1_small"] = flink_day1(small, flink_out, model, args.work)
+        report["direct_day1_small"] = label(
+            small, os.path.join(args.work, "o"), model, "2026-01-01"
+        )
+        print(json.dumps(report, indent=1))
+        return
     t0 = time.perf_counter()
     make_tree(small, args.small, seeds)
     make_tree(big, args.n, seeds)
