@@ -142,9 +142,10 @@ class LabelerOptions(PipelineOptions):
             type=float,
             default=DEFAULT_MAX_INFLIGHT_BYTES / MB,
             metavar="MB",
-            help="Bytes of read but not yet decoded images per worker process (default "
-            "%(default)g, at most "
-            f"{BOUNDS['max_inflight_mb'][1]:g}): memory stays flat whatever the object sizes.",
+            help="Bytes of read but not yet decoded images per worker process, and apart from "
+            "them of frames being decoded (default %(default)g, at most "
+            f"{BOUNDS['max_inflight_mb'][1]:g}): memory stays flat whatever the object sizes "
+            "and pixel counts.",
         )
         parser.add_argument(
             "--max_object_mb",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pathlib
 import platform
 import socket
 import stat
@@ -396,3 +397,78 @@ def test_workers_run_every_call_and_refuse_after_shutdown():
     workers.shutdown()
     with pytest.raises(RuntimeError):
         workers.submit(done.put, 0)
+
+
+# --- Memory by decoded pixels, not only by bytes read -------------------------------------
+
+
+def sixteen_bit_png(path, side: int, value: int = 40000) -> None:
+    """A gray 16-bit PNG: a few hundred KB of file, side x side x 2 bytes decoded."""
+    pixels = np.full((side, side), value, np.uint16)
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def test_sixteen_to_eight_matches_rounding_of_the_full_range():
+    from transforms.images import ROWS_AT_ONCE, sixteen_to_eight
+
+    rng = np.random.default_rng(3)
+    wide = rng.integers(-5000, 80000, (2 * ROWS_AT_ONCE + 7, 13)).astype(np.int32)
+    wide[0, :4] = [0, 65535, 128, 129]
+    oracle = np.round(np.clip(wide.astype(np.float64), 0, 65535) / 257.0)  # the plain formula
+    got = sixteen_to_eight(wide)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, oracle.astype(np.uint8))
+
+
+def test_decoded_bytes_counts_frames_not_files(tmp_path):
+    from transforms.images import decoded_bytes, open_image
+
+    sixteen_bit_png(tmp_path / "wide.png", 2000)
+    data = (tmp_path / "wide.png").read_bytes()
+    assert len(data) < 100_000  # the file is small
+    assert decoded_bytes(open_image(data), 32) >= 2000 * 2000 * 6  # the 16-bit frame + RGB
+
+
+def test_huge_frames_are_decoded_one_at_a_time(tmp_path):
+    """Four 16-bit PNGs whose frames (22 MB each as counted) do not fit two at a time in a
+    30 MB budget: the pixel budget never holds two, and every image is decoded."""
+    from transforms.feed import ReadAndDecode, acquire_feeder
+    from transforms.images import decoded_bytes, open_image
+
+    uris = []
+    for i in range(4):
+        path = tmp_path / f"wide_{i}.png"
+        sixteen_bit_png(path, 1900, value=1000 * (i + 1))
+        uris.append(str(path))
+    cost = decoded_bytes(open_image(pathlib.Path(uris[0]).read_bytes()), 16)
+    limit = 30 * MB
+    assert limit < 2 * cost, (cost, limit)
+    settings = (4, limit, 10 * MB)
+    feeder = acquire_feeder(*settings)
+    seen = run_dofn(ReadAndDecode(16, *settings), uris)
+    assert sorted(uri for _, uri, _ in seen) == sorted(uris)
+    assert all(tag is None for tag, _, _ in seen), seen
+    assert feeder.pixels.peak == cost  # never two frames at once
+    assert feeder.pixels.used == 0
+
+
+@pytest.mark.slow
+def test_sixteen_bit_giants_stay_within_a_bound_of_a_normal_run(photos, probe_model, tmp_path):
+    """Two 16-bit PNGs of 9400x9400 (a few hundred KB of files, under the pixel and byte
+    limits): labelled, and the run's peak memory within 1.5 GB of a run over the photos."""
+    folder = os.path.dirname(photos[0])
+    args = [f"--model={probe_model}", "--image_size=32"]
+    code, err, normal_rss = cli_with_peak_rss(
+        f"--input={folder}/*", f"--output={tmp_path / 'normal'}", *args
+    )
+    assert code == 0, err[-3000:]
+    for i in range(2):
+        sixteen_bit_png(os.path.join(folder, f"giant_{i}.png"), 9400, value=30000 + i)
+    out = tmp_path / "out"
+    code, err, peak_rss = cli_with_peak_rss(
+        f"--input={folder}/*", f"--output={out}", *args, timeout=600
+    )
+    assert code == 0, err[-3000:]
+    labelled = {pathlib.Path(r["uri"]).name for r in read_rows(str(out), "predictions")}
+    assert {"giant_0.png", "giant_1.png"} <= labelled
+    assert peak_rss < normal_rss + 1536, (peak_rss, normal_rss)

@@ -18,7 +18,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms import metrics
 from transforms import vocabulary as v
-from transforms.images import DEFAULT_MAX_PIXELS, decode_and_resize
+from transforms.images import DEFAULT_MAX_PIXELS, decoded_bytes, open_image, to_square
 from transforms.rows import failure_row
 from transforms.storage import bounded, gcs, local
 from transforms.storage.bounded import MB
@@ -105,7 +105,10 @@ class Feeder:
         self.read_concurrency = read_concurrency
         self.storage_options = storage_options or {}  # the job's, for gs:// (gcs.access)
         self.max_object_bytes = max_object_bytes
-        self.budget = bounded.ByteBudget(max_inflight_bytes)
+        self.budget = bounded.ByteBudget(max_inflight_bytes)  # read, not yet decoded
+        # Decoded frames being made (images.decoded_bytes), under the same limit: decodes of
+        # huge frames (16-bit, many megapixels) wait for each other, one always let in.
+        self.pixels = bounded.ByteBudget(max_inflight_bytes)
         # What a read whose size is not announced holds until it is read.
         self.unknown_size = max(MB, max_inflight_bytes // read_concurrency)
         self.decode_threads = usable_cores()
@@ -147,7 +150,13 @@ class Feeder:
 
     def _decode(self, work: Work, data: bytes, image_size: int, max_pixels: int, done):
         try:
-            out = work, decode_and_resize(data, image_size, max_pixels)
+            img = open_image(data, max_pixels)
+            cost = decoded_bytes(img, image_size)
+            self.pixels.acquire(cost)  # a decode's frames count, not only its file's bytes
+            try:
+                out = work, to_square(data, img, image_size)
+            finally:
+                self.pixels.release(cost)
         except BaseException as e:  # every failure becomes an error row
             out = Failure(work, v.DECODE, e)
         finally:

@@ -82,12 +82,24 @@ def corrupt(fmt: str | None, exc: BaseException) -> DecodeError:
     return DecodeError(v.CORRUPT, f"{what} {fmt or 'image'} data ({type(exc).__name__})")
 
 
+ROWS_AT_ONCE = 256  # rows of a 16-bit image widened at a time
+
+
+def sixteen_to_eight(wide: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit integer) gray -> 8-bit, round(clip(v, 0, 65535) / 257), a band of
+    rows at a time: the temporary widening never holds more than ROWS_AT_ONCE rows."""
+    out = np.empty(wide.shape, np.uint8)
+    for top in range(0, wide.shape[0], ROWS_AT_ONCE):
+        band = np.clip(wide[top : top + ROWS_AT_ONCE].astype(np.int64), 0, 65535)
+        out[top : top + ROWS_AT_ONCE] = (band + 128) // 257
+    return out
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; alpha is composited onto a white background."""
     if img.mode in _SIXTEEN_BIT_MODES:
         # PIL's own conversion clips 16-bit values at 255; scale the full range instead.
-        wide = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
-        img = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
+        img = Image.fromarray(sixteen_to_eight(np.asarray(img)), mode="L")
     elif img.mode == "F":
         img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), mode="L")
     has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
@@ -107,7 +119,29 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXE
     frame of an animation, any mode to RGB, bilinear resize to a square (no crop, no
     mean/std normalisation). Raises DecodeError with a readable reason on bad input.
     """
-    img = open_image(data, max_pixels)
+    return to_square(data, open_image(data, max_pixels), size)
+
+
+# Bytes per pixel of a decoded frame, by PIL mode (modes not listed: 4, PIL's widest band set).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 4, "YCbCr": 4}
+_MODE_BYTES |= dict.fromkeys(_SIXTEEN_BIT_MODES - {"I"}, 2)
+
+
+def decoded_bytes(img: Image.Image, size: int) -> int:
+    """About the most memory decoding this opened image takes at once (its first frame, and
+    the 8-bit RGB copy made from it), from the header alone: what the feeder holds in its
+    pixel budget while decoding. A JPEG the fast path decodes counts at its DCT scale."""
+    width, height = img.size
+    if img.format == "JPEG" and img.mode in ("RGB", "L"):
+        scale = dct_scale(width, height, size)
+        return 2 * 3 * -(-width // scale) * -(-height // scale)
+    frame = width * height * _MODE_BYTES.get(img.mode, 4)
+    return frame + 4 * width * height  # the frame, and PIL's RGB (4 bytes a pixel)
+
+
+def to_square(data: bytes, img: Image.Image, size: int) -> np.ndarray:
+    """An opened image (open_image) -> uint8 (size, size, 3) RGB, upright: decode_and_resize
+    after its header check."""
     if img.format == "JPEG" and img.mode in ("RGB", "L"):
         return jpeg_to_square(data, img, size)
     try:
