@@ -173,8 +173,7 @@ def format_plan(plan: Plan, config: Config) -> str:
             f"{1000 * plan.model_s:.1f} ms per image in batches of {config.batch_size}",
             f"projected here: {hours(plan.projected_s())}; for the whole set: decode "
             f"{hours(plan.to_read * plan.decode_cpu_s)} of vCPU, model "
-            f"{hours(plan.to_read * plan.model_s)} on this machine's "
-            f"{'GPU' if config.require_gpu else 'CPU'}",
+            f"{hours(plan.to_read * plan.model_s)} on this machine",
         ]
     lines.append(f"model version {config.model_version}; nothing was written")
     return "\n".join(f"plan: {line}" for line in lines)
