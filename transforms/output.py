@@ -1,5 +1,5 @@
-"""The last stage: rows -> Parquet under ROOT/<kind>/date=YYYY-MM-DD/ (Hive partitioning), and the
-URIs a date's partitions already hold (what a re-run skips)."""
+"""The last stage: rows -> Parquet under ROOT/<kind>/date=YYYY-MM-DD/ (Hive partitioning), the
+rows the partitions already hold (what a run skips), and what a run committed."""
 
 from __future__ import annotations
 
