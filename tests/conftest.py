@@ -11,13 +11,15 @@ import uuid
 import pytest
 
 from tests.gcs_servers import Emulator, MetadataServer, free_port, metadata_env
+from tests.images import SAMPLES_DIR
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SAMPLES_DIR = ROOT / "samples"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # google-auth reads these when it is imported, so they are set before any test module loads;
-# child processes (the CLI, workers) inherit them. No developer credentials leak in.
+# child processes (the CLI, workers) inherit them. No developer credentials leak in. (pytest
+# imports this file as `conftest`: a test module importing `tests.conftest` would run it a
+# second time and point the environment at another port, so shared names live elsewhere.)
 METADATA_PORT = free_port()
 os.environ.update(metadata_env(METADATA_PORT))
 os.environ["CLOUDSDK_CONFIG"] = os.path.join(tempfile.gettempdir(), "image-labeler-no-gcloud")

@@ -138,15 +138,8 @@ def _serve_metadata(port: int) -> None:
 
 
 def metadata_env(port: int) -> dict[str, str]:
-    """Variables that point google-auth at a metadata server (read when google.auth imports),
-    with time for it to answer on a loaded test machine: google-auth's 3 s, 3 tries to detect
-    one would take a server slowed by the suite's other work for no server at all."""
-    return {
-        "GCE_METADATA_HOST": f"{HOST}:{port}",
-        "GCE_METADATA_IP": f"{HOST}:{port}",
-        "GCE_METADATA_TIMEOUT": "30",
-        "GCE_METADATA_DETECT_RETRIES": "5",
-    }
+    """Variables that point google-auth at a metadata server (read when google.auth imports)."""
+    return {"GCE_METADATA_HOST": f"{HOST}:{port}", "GCE_METADATA_IP": f"{HOST}:{port}"}
 
 
 class Emulator(ChildServer):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import pathlib
 import struct
 import zlib
 
 import numpy as np
 from PIL import Image
 
+SAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "samples"
 SAMPLES = ("astronaut", "cameraman", "cat", "coffee", "grace_hopper", "rocket")
 
 

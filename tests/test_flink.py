@@ -16,7 +16,6 @@ import time
 import pytest
 from PIL import Image
 
-from tests.conftest import SAMPLES_DIR
 from tests.flink_cluster import (
     CLUSTER,
     FlinkCluster,
@@ -31,7 +30,7 @@ from tests.flink_cluster import (
     summary,
 )
 from tests.gcs_servers import free_port
-from tests.images import SAMPLES, bad_files, encode, patch_image
+from tests.images import SAMPLES, SAMPLES_DIR, bad_files, encode, patch_image
 from tests.runs import cli, output_files, read_rows
 from tests.savedmodels import probe_class
 

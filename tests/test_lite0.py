@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import SAMPLES_DIR
+from tests.images import SAMPLES_DIR
 from tests.runs import cli, read_rows
 from transforms.models import lite0, torch_pickle
 from transforms.models.catalog import (
