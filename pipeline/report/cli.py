@@ -115,11 +115,18 @@ def make_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    status = 0
     try:
         make_report(parse_args(argv))
     except ReportError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        status = 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The files are written and closed: end here, as pipeline.run does, without tearing the
+    # interpreter down. Under a loaded test machine that teardown once aborted (SIGABRT,
+    # "terminate called ...") in a native library after the one-line error was printed.
+    os._exit(status)
 
 
 if __name__ == "__main__":
