@@ -205,8 +205,8 @@ def list_pattern(
                 yield item
         return
     client = Clients(gcs_options)
-    for uri in match_pattern(pattern, exclude):
-        yield describe(normalize_uri(uri), client)
+    for uri in match_pattern(pattern, exclude):  # already normal: the pattern was normalised
+        yield describe(uri, client)
 
 
 class Clients:
