@@ -216,9 +216,13 @@ def listening_addresses(pids: list[int]) -> set[str]:
     """IPv4/IPv6 addresses that these processes' listening TCP sockets are bound to."""
     inodes = set()
     for pid in pids:
-        for fd in pathlib.Path(f"/proc/{pid}/fd").glob("*"):
+        try:  # a process of the tree may end between the tree's listing and this one
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
             try:
-                target = os.readlink(fd)
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
             if target.startswith("socket:["):
