@@ -187,6 +187,45 @@ class _BusyServer(http.server.ThreadingHTTPServer):
     request_queue_size = 256
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        pass  # a client killed mid-request (the point of some tests) is not the proxy's error
+
+
+class Gate:
+    """Holds the n-th (1-based) download or upload of an object whose name contains `part`
+    until released: a point in a run that a test chooses, and knows the run has reached
+    (`holding` is set while the request waits)."""
+
+    def __init__(self, n: int, part: str, upload: bool = False):
+        self.n, self.part, self.upload = n, part, upload
+        self.holding = threading.Event()
+        self._released = threading.Event()
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    def pass_through(self, method: str, path: str, body: bytes) -> None:
+        import urllib.parse
+
+        if self.upload:  # the request that starts an upload names the object, in the query or body
+            if method != "POST" or "uploadType=" not in path:
+                return
+            named = urllib.parse.unquote(path) + body[:4096].decode("latin-1")
+        elif "alt=media" in path:
+            named = urllib.parse.unquote(path.split("?", 1)[0])
+        else:
+            return
+        if self.part not in named:
+            return
+        with self._lock:
+            self._seen += 1
+            mine = self._seen == self.n
+        if mine:
+            self.holding.set()
+            self._released.wait(300)
+
+    def release(self) -> None:
+        self._released.set()
+
 
 class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
     """Forwards each request to the upstream server after `delay` seconds: a bucket's time
@@ -198,11 +237,14 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     upstream: tuple[str, int] = (HOST, 0)
     delay = 0.05
+    gate: Gate | None = None
 
     def _forward(self):
         import http.client
 
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.gate:
+            self.gate.pass_through(self.command, self.path, body)
         time.sleep(self.delay)
         conn = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
@@ -228,13 +270,19 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 class LatencyProxy:
-    """127.0.0.1:port -> upstream, each request `delay` seconds late; served from daemon
-    threads, so it stops with the process that started it."""
+    """127.0.0.1:port -> upstream, each request `delay` seconds late (and the downloads held at
+    `gate`, if given); served from daemon threads, so it stops with the process that started
+    it."""
 
-    def __init__(self, upstream_port: int, delay: float = 0.05, port: int | None = None):
-        handler = type(
-            "Handler", (_DelayingProxyHandler,), {"upstream": (HOST, upstream_port), "delay": delay}
-        )
+    def __init__(
+        self,
+        upstream_port: int,
+        delay: float = 0.05,
+        port: int | None = None,
+        gate: Gate | None = None,
+    ):
+        attributes = {"upstream": (HOST, upstream_port), "delay": delay, "gate": gate}
+        handler = type("Handler", (_DelayingProxyHandler,), attributes)
         self.port = port or free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
         self._httpd = _BusyServer((HOST, self.port), handler)

@@ -4,11 +4,13 @@ and reading its output back as users do: every file under ROOT/<kind>/, local or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -19,6 +21,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline.config import prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
+from tests.gcs_servers import Gate, LatencyProxy
 from transforms.metrics import NAMESPACE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,28 +58,48 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def signal_part_way(args, part_way, sig: int, timeout: float = 120) -> tuple[int, str]:
-    """Starts python -m pipeline.run ARGS, sends `sig` as soon as part_way() is true, and
-    returns (exit status, stderr); the process is always ended."""
+@contextlib.contextmanager
+def storage_through_gate(emulator_port: int, gate: Gate) -> Iterator[dict[str, str]]:
+    """The environment for runs whose Cloud Storage requests go through a proxy to the emulator
+    that holds the request `gate` names. The emulator names the host an object was written
+    through in its media link, so what follows a gated run (runs, reads) stays in the block."""
+    proxy = LatencyProxy(emulator_port, delay=0, gate=gate).start()
+    try:
+        yield {"STORAGE_EMULATOR_HOST": proxy.endpoint}
+    finally:
+        gate.release()
+        proxy.stop()
+
+
+def signal_at_gate(
+    args, gate: Gate, sig: int, env: dict[str, str], timeout: float = 120
+) -> tuple[int, str]:
+    """Starts python -m pipeline.run ARGS in `env` (from storage_through_gate), sends `sig`
+    while the request `gate` names is held (the run is part-way, by construction), then lets
+    it go. Returns (exit status, stderr); the process is always ended."""
     victim = subprocess.Popen(
         [sys.executable, "-m", "pipeline.run", *args],
         cwd=ROOT,
-        env=cli_env(),
+        env=cli_env() | env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and victim.poll() is None:
-            if part_way():
-                victim.send_signal(sig)
+        while not gate.holding.wait(0.05):
+            if victim.poll() is not None or time.monotonic() > deadline:
                 break
-            time.sleep(0.01)
+        reached = gate.holding.is_set()
+        if reached:
+            victim.send_signal(sig)
+        gate.release()
         _, stderr = victim.communicate(timeout=60)
     finally:
+        gate.release()
         victim.kill()
         victim.wait()
+    assert reached, f"the run ended before the request held for the signal:\n{stderr[-3000:]}"
     return victim.returncode, stderr
 
 

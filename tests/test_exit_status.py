@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from tests.runs import cli, read_rows, signal_part_way
+from tests.gcs_servers import Gate
+from tests.runs import cli, read_rows, signal_at_gate, storage_through_gate
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
 
@@ -75,16 +76,16 @@ def test_output_that_cannot_be_committed_exits_4_and_claims_nothing(
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_cleanly_and_the_same_command_resumes(
-    sig, status, image_dir, probe_model, tmp_path
+    sig, status, gcs, gcs_images, probe_model, tmp_path
 ):
+    """The signal arrives while the run waits on its 20th image download (held for it)."""
     out = tmp_path / "out"
-    args = [f"--input={image_dir['root']}/**", *job(image_dir, probe_model, out)]
+    args = [f"--input={gcs_images['root']}/**", *job(gcs_images, probe_model, out)]
     args += ["--batch_size=2", "--max_error_ratio=0.5"]
 
-    def part_way() -> bool:  # the first output file is being written
-        return any(p.is_file() for p in (out / "_temp").glob("*-predictions/*"))
-
-    returncode, stderr = signal_part_way(args, part_way, sig)
+    gate = Gate(20, "images/")
+    with storage_through_gate(gcs.port, gate) as env:
+        returncode, stderr = signal_at_gate(args, gate, sig, env)
     assert returncode == status, stderr[-3000:]
     assert "Traceback" not in stderr
     (last,) = stderr.splitlines()[-1:]
@@ -97,7 +98,7 @@ def test_a_signal_stops_cleanly_and_the_same_command_resumes(
 
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert stored_uris(out) == every_uri(image_dir)
+    assert stored_uris(out) == every_uri(gcs_images)
 
 
 def test_tensorflow_start_up_prints_nothing(image_dir, probe_model, tmp_path):

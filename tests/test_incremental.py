@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.gcs_servers import Gate
 from tests.images import encode
 from tests.runs import (
     cli,
@@ -23,7 +24,8 @@ from tests.runs import (
     output_files,
     read_rows,
     run_graph,
-    signal_part_way,
+    signal_at_gate,
+    storage_through_gate,
 )
 from transforms.inputs import CHANGED, DONE, NEW, verdict
 from transforms.models.catalog import model_version
@@ -178,25 +180,26 @@ def test_a_partition_written_before_versions_counts_as_done(tmp_path, probe_mode
     assert new == sorted(str(p) for p in photos.glob("*.jpg"))[4:]
 
 
-def test_a_crashed_day_then_a_rerun_labels_each_version_once(tmp_path, probe_model):
-    photos, out = tmp_path / "photos", tmp_path / "out"
+def test_a_crashed_day_then_a_rerun_labels_each_version_once(gcs, bucket, tmp_path, probe_model):
+    """Local photos, the output on gs://: day 2 is killed while it uploads its first
+    predictions file (held there), then run again."""
+    photos, out = tmp_path / "photos", f"gs://{bucket}/out"
     write_photos(photos, range(40))
     common = [f"--input={photos}/*.jpg", f"--output={out}", f"--model={probe_model}"]
-    assert cli(*common, "--image_size=32", "--date=2026-11-01").returncode == 0
+    day1 = cli(*common, "--image_size=32", "--date=2026-11-01")
+    assert day1.returncode == 0, day1.stderr[-3000:]
     write_photos(photos, range(40, 240))
     for seed in range(10):
         overwrite(photos / f"p{seed:03d}.jpg", 1000 + seed)
-    temp = out / "_temp"
-
-    def writing() -> bool:  # the crashed run has begun writing its files
-        return any(p.is_file() for p in temp.glob("*-predictions/*"))
 
     day2 = [*common, "--image_size=32", "--date=2026-11-02", "--batch_size=4"]
-    code, _ = signal_part_way(day2, writing, signal.SIGKILL)
-    assert code == -signal.SIGKILL, "the run ended before it could be killed"
-    proc = cli(*day2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = triples(out)
+    gate = Gate(1, "-predictions/", upload=True)
+    with storage_through_gate(gcs.port, gate) as env:
+        code, _ = signal_at_gate(day2, gate, signal.SIGKILL, env)
+        assert code == -signal.SIGKILL
+        proc = cli(*day2, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = triples(out)
     assert len(got) == len(set(got)) == 40 + 200 + 10
     current = {str(p) for p in photos.glob("*.jpg")}
     assert {u for u, _, _ in got} == current

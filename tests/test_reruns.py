@@ -1,12 +1,12 @@
 """Re-running is safe: after complete, crashed and repeated runs for one date, each input URI
 is in that date's predictions or errors exactly once; local disk and gs:// alike."""
 
-import pathlib
 import signal
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
+from tests.gcs_servers import Gate
 from tests.runs import (
     cli,
     config_for,
@@ -14,7 +14,8 @@ from tests.runs import (
     output_files,
     read_rows,
     run_graph,
-    signal_part_way,
+    signal_at_gate,
+    storage_through_gate,
 )
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
@@ -92,22 +93,16 @@ def test_opting_out_labels_everything_again(image_dir, probe_model, tmp_path):
     assert labelled_uris(str(tmp_path)) == sorted(list(image_dir["patches"]) * 2)
 
 
-def test_rerun_after_a_run_killed_part_way(images_and_output, probe_model, request):
-    """SIGKILL part-way (local: once the first output file is being written; gs://: once the
-    first image has been downloaded), then the same command again."""
-    images, out = images_and_output
-    if out.startswith("gs://"):
-        gcs = request.getfixturevalue("gcs")
-        seen = len(gcs.requests())
-
-        def part_way() -> bool:
-            return any("alt=media" in line for line in gcs.requests()[seen:])
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_rerun_after_a_run_killed_part_way(where, gcs, gcs_images, probe_model, tmp_path):
+    """SIGKILL at a point the test holds the run at: with local output, while it waits on its
+    20th image download; with gs:// output, while it uploads its first predictions file.
+    Then the same command again."""
+    images = gcs_images
+    if where == "local":
+        out, gate = str(tmp_path / "out"), Gate(20, "images/")
     else:
-
-        def part_way() -> bool:  # an output file being written (not the start-up probe)
-            temp = pathlib.Path(out) / "_temp"
-            return any(p.is_file() for p in temp.glob("*-predictions/*"))
-
+        out, gate = images["root"].rsplit("/", 1)[0] + "/out", Gate(1, "-predictions/", upload=True)
     args = [
         f"--input={images['root']}/**",
         f"--output={out}",
@@ -117,9 +112,9 @@ def test_rerun_after_a_run_killed_part_way(images_and_output, probe_model, reque
         "--batch_size=2",
         "--date=2025-03-06",
     ]
-    returncode, _ = signal_part_way(args, part_way, signal.SIGKILL)
-    assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
-    proc = cli(*args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert labelled_uris(out) == all_uris(images)
+    with storage_through_gate(gcs.port, gate) as env:
+        returncode, _ = signal_at_gate(args, gate, signal.SIGKILL, env)
+        assert returncode == -signal.SIGKILL
+        proc = cli(*args, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert labelled_uris(out) == all_uris(images)
