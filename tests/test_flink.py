@@ -253,7 +253,10 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
         assert restarts, err[-3000:]
         if status == 0:  # recovered on the TaskManager left: the restarts are counted
             assert restarts.group(1) == "FINISHED" and int(restarts.group(2)) >= 1
-        else:  # the job could not recover: the same command again finishes it
+        else:  # the job ran out of restart attempts: exit 4, one line; the same command again
+            assert status == 4, err[-3000:]
+            assert "error: the job failed: " in err.splitlines()[-1], err[-3000:]
+            assert "Traceback" not in err
             status, err = finish(run_flink(*args))
         assert status == 0, err[-3000:] + flink.logs()
     finally:
