@@ -37,6 +37,19 @@ def check_stat(uri: str, st: os.stat_result, max_bytes: int) -> None:
         raise too_large(uri, st.st_size, max_bytes)
 
 
+def _refuse_folder(path: str) -> None:
+    """A folder among the inputs (a manifest names it, or '**' met one it could not list):
+    'no access' when it cannot be listed, since its files are then unknown; else what
+    check_stat says of any folder."""
+    try:
+        os.scandir(path).close()
+    except PermissionError as e:
+        raise v.ImageError(
+            v.NO_ACCESS,
+            f"{path} is a folder that cannot be listed ({e.strerror}): its files are not known",
+        ) from None
+
+
 def read_local(path: str, max_bytes: int, budget: ByteBudget) -> bytes:
     """A local regular file's bytes; on return len(result) bytes are held in `budget`.
 
@@ -44,7 +57,10 @@ def read_local(path: str, max_bytes: int, budget: ByteBudget) -> bytes:
     opened; opens non-blocking and checks the open file again, so a swap in between cannot
     block either.
     """
-    check_stat(path, os.stat(path), max_bytes)
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        _refuse_folder(path)
+    check_stat(path, st, max_bytes)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb", buffering=0, closefd=True) as f:
         st = os.fstat(fd)
