@@ -7,6 +7,7 @@ Where Java or Maven Central is missing the Flink tests skip with one line, excep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -14,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -113,6 +115,34 @@ class FlinkCluster:
     def taskmanager_pid(self, resource_id: str) -> int:
         return self.pids[resource_id]  # flink_cluster.sh names TaskManager N 'taskmanager-N'
 
+    def sdk_workers(self) -> list[int]:
+        """The processes the TaskManagers have started: the Python SDK workers and their
+        boot scripts."""
+        taskmanagers = [pid for name, pid in self.pids.items() if name.startswith("taskmanager")]
+        return [pid for pid in process_tree(taskmanagers) if pid not in taskmanagers]
+
+    def hold_workers(self, proc: subprocess.Popen, timeout: float = 300) -> list[int]:
+        """Stops (SIGSTOP) the SDK workers as soon as the first has started, and any they
+        started meanwhile: from then on the job cannot progress, let alone finish, until
+        release_workers. A point in the job a test holds it at, whatever the machine's speed."""
+        deadline = time.monotonic() + timeout
+        held: list[int] = []
+        while not held:
+            assert proc.poll() is None and time.monotonic() < deadline, "no SDK worker started"
+            time.sleep(0.05)
+            while fresh := [pid for pid in self.sdk_workers() if pid not in held]:
+                for pid in fresh:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                held += fresh
+        return held
+
+    @staticmethod
+    def release_workers(held: list[int]) -> None:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
 
 def pid_files(folder: pathlib.Path) -> dict[str, int]:
     """flink_cluster.sh's pid files ("PID START_TIME"), by process name."""
@@ -169,7 +199,10 @@ def group_members(pgid: int) -> list[str]:
         except OSError:
             continue
         if fields[0] != "Z" and int(fields[2]) == pgid:
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+            try:  # it may end between the two reads
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+            except OSError:
+                continue
             found.append(f"{stat.parent.name} {cmdline.decode(errors='replace')}")
     return found
 

@@ -273,9 +273,18 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
         assert predictions[uri]["class_ids"][0] == top
 
 
+def cancelling(cluster: FlinkCluster, job_id: str, proc, timeout: float = 60) -> None:
+    """Waits until the job leaves RUNNING for CANCELLING or CANCELED."""
+    deadline = time.monotonic() + timeout
+    while cluster.rest(f"/jobs/{job_id}")["state"] not in ("CANCELLING", "CANCELED"):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job was not cancelled"
+        time.sleep(0.1)
+
+
 def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, tmp_path):
-    """SIGINT to the whole process group (what Ctrl-C on a terminal sends) a few seconds into
-    the job: the Flink job ends CANCELED, not FINISHED, before run_flink.sh exits; the same
+    """SIGINT to the whole process group (what Ctrl-C on a terminal sends) while the job runs,
+    held there (its SDK workers stopped until the cancel is under way, so it cannot finish
+    first): the Flink job ends CANCELED, not FINISHED, before run_flink.sh exits; the same
     command afterwards labels the set exactly once."""
     out = tmp_path / "out"
     args = cluster_args(cluster, images, out, probe_model)
@@ -287,9 +296,13 @@ def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, t
         time.sleep(0.2)
         job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
     assert job, "the job never reached the cluster"
-    time.sleep(3)
-    assert cluster.rest(f"/jobs/{job['jid']}")["state"] in ("CREATED", "INITIALIZING", "RUNNING")
-    os.killpg(proc.pid, signal.SIGINT)
+    held = cluster.hold_workers(proc)
+    try:
+        assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "RUNNING"
+        os.killpg(proc.pid, signal.SIGINT)
+        cancelling(cluster, job["jid"], proc)
+    finally:
+        cluster.release_workers(held)
     status, err = finish(proc, timeout=120)
     assert status == 130, err[-3000:]
     # Cancelled before the command returned, said in one line; no traceback.
@@ -333,9 +346,13 @@ def test_sigterm_with_a_running_job_server_cancels_through_rest(
             time.sleep(0.2)
             job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
         assert job, "the job never reached the cluster"
-        time.sleep(2)
-        assert cluster.rest(f"/jobs/{job['jid']}")["state"] in ("INITIALIZING", "RUNNING")
-        os.kill(proc.pid, signal.SIGTERM)
+        held = cluster.hold_workers(proc)
+        try:
+            assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "RUNNING"
+            os.kill(proc.pid, signal.SIGTERM)
+            cancelling(cluster, job["jid"], proc)
+        finally:
+            cluster.release_workers(held)
         status, err = finish(proc, timeout=120)
         assert status == 143, err[-3000:]
         assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "CANCELED"
