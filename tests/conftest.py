@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import tempfile
 import uuid
 
@@ -24,6 +25,13 @@ METADATA_PORT = free_port()
 os.environ.update(metadata_env(METADATA_PORT))
 os.environ["CLOUDSDK_CONFIG"] = os.path.join(tempfile.gettempdir(), "image-labeler-no-gcloud")
 os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+
+# A suite started in the background by a shell without job control (`(.ci/run &)`) inherits
+# SIGINT ignored, and so would every command a test starts: bash cannot trap a signal ignored
+# on entry, so run_flink.sh would never see the Ctrl-C the tests send. Python's usual handler
+# puts it back (a handler, unlike SIG_IGN, is reset to the default in a child at exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # A test that needs one of these servers is slow, wherever it is.

@@ -6,6 +6,7 @@ the cluster script refusing a taken port or a cluster still running."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -276,8 +277,12 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
 def cancelling(cluster: FlinkCluster, job_id: str, proc, timeout: float = 60) -> None:
     """Waits until the job leaves RUNNING for CANCELLING or CANCELED."""
     deadline = time.monotonic() + timeout
-    while cluster.rest(f"/jobs/{job_id}")["state"] not in ("CANCELLING", "CANCELED"):
-        assert proc.poll() is None and time.monotonic() < deadline, "the job was not cancelled"
+    while (state := cluster.rest(f"/jobs/{job_id}")["state"]) not in ("CANCELLING", "CANCELED"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the job was not cancelled (still {state}):\n{err[-3000:]}")
         time.sleep(0.1)
 
 
