@@ -270,9 +270,9 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 class LatencyProxy:
-    """127.0.0.1:port -> upstream, each request `delay` seconds late (and the downloads held at
-    `gate`, if given); served from daemon threads, so it stops with the process that started
-    it."""
+    """127.0.0.1:port -> upstream, each request `delay` seconds late (and the one request
+    `gate` names held, if given); served from daemon threads, so it stops with the process
+    that started it."""
 
     def __init__(
         self,
