@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -27,12 +29,14 @@ from transforms.metrics import NAMESPACE
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, timeout: int = 300, prefix: Sequence[str] = (), **popen
+) -> subprocess.CompletedProcess:
     """python -m pipeline.run ARGS as a user runs it (TensorFlow's log level unset, so its
-    start-up is as quiet as a user's); stdout and stderr captured."""
+    start-up is as quiet as a user's), under `prefix` if given; stdout and stderr captured."""
     env = cli_env() | popen.pop("env", {})
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.run", *args],
+        [*prefix, sys.executable, "-m", "pipeline.run", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -40,6 +44,15 @@ def cli(*args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
         timeout=timeout,
         **popen,
     )
+
+
+def obeying_file_modes() -> list[str]:
+    """A command prefix (for cli's `prefix`) that drops CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH, so file modes hold even for root (who ignores them otherwise);
+    skips the test where that cannot be done."""
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 
 
 def report_cli(*args: str) -> subprocess.CompletedProcess:

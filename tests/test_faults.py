@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.images import encode, patch_image, png_bomb
-from tests.runs import ROOT, cli, cli_env, read_rows
+from tests.runs import ROOT, cli, cli_env, obeying_file_modes, read_rows
 from transforms import vocabulary as v
 from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld, Owner, lease_uri
 
@@ -77,6 +76,13 @@ def one_line(stderr: str, status: int, returncode: int) -> str:
     assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith(PROG + "error: "), lines[0]
     return lines[0]
+
+
+def the_same_command_completes(args, out, inputs) -> None:
+    """Run again after the fault: exit 0, and every input in the output exactly once."""
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert once(out) == inputs
 
 
 def lost_rows(stderr: str, returncode: int) -> str:
@@ -196,9 +202,7 @@ def test_disk_full_part_way_exits_4_and_the_same_command_then_completes(
     assert not lease_file(out).exists()  # released on the way out
 
     (small_fs / "filler").unlink()
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert once(out) == inputs
+    the_same_command_completes(args, out, inputs)
 
 
 def test_file_size_limit_exits_4_and_the_same_command_then_completes(probe_model, tmp_path):
@@ -213,9 +217,7 @@ def test_file_size_limit_exits_4_and_the_same_command_then_completes(probe_model
     proc = cli(*args, preexec_fn=limit)
     line = one_line(proc.stderr, 4, proc.returncode)
     assert "File too large" in line
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert once(out) == inputs
+    the_same_command_completes(args, out, inputs)
 
 
 def test_immutable_partition_exits_4_and_the_same_command_then_completes(probe_model, tmp_path):
@@ -228,9 +230,7 @@ def test_immutable_partition_exits_4_and_the_same_command_then_completes(probe_m
     with immutable(partition):
         proc = cli(*args)
     lost_rows(proc.stderr, proc.returncode)
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert once(out) == inputs
+    the_same_command_completes(args, out, inputs)
 
 
 def test_temp_folder_made_immutable_part_way_exits_4_then_completes(probe_model, tmp_path):
@@ -255,16 +255,13 @@ def test_temp_folder_made_immutable_part_way_exits_4_then_completes(probe_model,
         for folder in frozen:
             subprocess.run(["chattr", "-i", str(folder)], check=False)
     lost_rows(stderr, proc.returncode)
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert once(out) == inputs
+    the_same_command_completes(args, out, inputs)
 
 
 def test_read_only_partition_for_a_non_root_writer_exits_4_then_completes(probe_model, tmp_path):
     """chmod a-w on the partition, for a process without CAP_DAC_OVERRIDE (root ignores
     modes otherwise): setpriv drops it."""
-    if shutil.which("setpriv") is None or os.geteuid() != 0:
-        pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE")
+    obeying_modes = obeying_file_modes()
     inputs = write_patches(tmp_path / "images", 8)
     out = tmp_path / "out"
     partition = out / "predictions" / f"date={DATE}"
@@ -272,21 +269,11 @@ def test_read_only_partition_for_a_non_root_writer_exits_4_then_completes(probe_
     args = [f"--input={tmp_path / 'images'}/*.png", *job(out, probe_model)]
     partition.chmod(0o555)
     try:
-        proc = subprocess.run(
-            ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
-            + [sys.executable, "-m", "pipeline.run", *args],
-            cwd=ROOT,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = cli(*args, prefix=obeying_modes)
     finally:
         partition.chmod(0o755)
     lost_rows(proc.stderr, proc.returncode)
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert once(out) == inputs
+    the_same_command_completes(args, out, inputs)
 
 
 @pytest.mark.parametrize("where", ["/dev/full", "closed pipe", "closed"])
@@ -496,9 +483,7 @@ def test_a_lease_left_by_a_killed_run_is_taken_over(probe_model, tmp_path):
         victim.kill()
         victim.wait()
     assert lease_file(out).exists()
-    again = cli(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert once(out) == inputs
+    the_same_command_completes(args, out, inputs)
     assert not lease_file(out).exists()
 
 

@@ -274,16 +274,35 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
         assert predictions[uri]["class_ids"][0] == top
 
 
-def cancelling(cluster: FlinkCluster, job_id: str, proc, timeout: float = 60) -> None:
-    """Waits until the job leaves RUNNING for CANCELLING or CANCELED."""
-    deadline = time.monotonic() + timeout
-    while (state := cluster.rest(f"/jobs/{job_id}")["state"]) not in ("CANCELLING", "CANCELED"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"the job was not cancelled (still {state}):\n{err[-3000:]}")
-        time.sleep(0.1)
+def cancel_a_held_job(cluster: FlinkCluster, args, send) -> tuple[str, int, str]:
+    """Starts run_flink.sh ARGS; once its job runs, holds it there (its SDK workers stopped, so
+    it cannot finish first), calls send(proc) (the signal), waits until Flink reports the job
+    CANCELLING or CANCELED and lets the workers go. Returns (job id, exit status, stderr)."""
+    before = {j["jid"] for j in cluster.jobs()}
+    proc = run_flink(*args)
+    job = None
+    deadline = time.monotonic() + 300
+    while job is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
+    assert job, "the job never reached the cluster"
+    path = f"/jobs/{job['jid']}"
+    held = cluster.hold_workers(proc)
+    try:
+        assert cluster.rest(path)["state"] == "RUNNING"
+        send(proc)
+        deadline = time.monotonic() + 60
+        while (state := cluster.rest(path)["state"]) not in ("CANCELLING", "CANCELED"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                _, err = proc.communicate(timeout=30)
+                raise AssertionError(f"the job was not cancelled (still {state}):\n{err[-3000:]}")
+            time.sleep(0.1)
+    finally:
+        cluster.release_workers(held)
+    status, err = finish(proc, timeout=120)
+    return job["jid"], status, err
 
 
 def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, tmp_path):
@@ -293,26 +312,13 @@ def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, t
     command afterwards labels the set exactly once."""
     out = tmp_path / "out"
     args = cluster_args(cluster, images, out, probe_model)
-    before = {j["jid"] for j in cluster.jobs()}
-    proc = run_flink(*args)
-    job = None
-    deadline = time.monotonic() + 300
-    while job is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
-    assert job, "the job never reached the cluster"
-    held = cluster.hold_workers(proc)
-    try:
-        assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "RUNNING"
-        os.killpg(proc.pid, signal.SIGINT)
-        cancelling(cluster, job["jid"], proc)
-    finally:
-        cluster.release_workers(held)
-    status, err = finish(proc, timeout=120)
+    job_id, status, err = cancel_a_held_job(
+        cluster, args, lambda proc: os.killpg(proc.pid, signal.SIGINT)
+    )
     assert status == 130, err[-3000:]
     # Cancelled before the command returned, said in one line; no traceback.
-    assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "CANCELED"
-    assert f"run_flink.sh: cancelled Flink job {job['jid']} (CANCELED)" in err
+    assert cluster.rest(f"/jobs/{job_id}")["state"] == "CANCELED"
+    assert f"run_flink.sh: cancelled Flink job {job_id} (CANCELED)" in err
     assert "Traceback" not in err, err[-3000:]
 
     status, err = finish(run_flink(*args))
@@ -344,24 +350,14 @@ def test_sigterm_with_a_running_job_server_cancels_through_rest(
                 assert server.poll() is None and time.monotonic() < deadline, "no job server"
                 time.sleep(0.5)
         args = cluster_args(cluster, images, tmp_path / "out", probe_model)
-        before = {j["jid"] for j in cluster.jobs()}
-        proc = run_flink(f"--job_endpoint=127.0.0.1:{port}", *args)
-        job = None
-        while job is None and proc.poll() is None and time.monotonic() < deadline + 180:
-            time.sleep(0.2)
-            job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
-        assert job, "the job never reached the cluster"
-        held = cluster.hold_workers(proc)
-        try:
-            assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "RUNNING"
-            os.kill(proc.pid, signal.SIGTERM)
-            cancelling(cluster, job["jid"], proc)
-        finally:
-            cluster.release_workers(held)
-        status, err = finish(proc, timeout=120)
+        job_id, status, err = cancel_a_held_job(
+            cluster,
+            [f"--job_endpoint=127.0.0.1:{port}", *args],
+            lambda proc: os.kill(proc.pid, signal.SIGTERM),
+        )
         assert status == 143, err[-3000:]
-        assert cluster.rest(f"/jobs/{job['jid']}")["state"] == "CANCELED"
-        assert f"run_flink.sh: cancelled Flink job {job['jid']} (CANCELED)" in err
+        assert cluster.rest(f"/jobs/{job_id}")["state"] == "CANCELED"
+        assert f"run_flink.sh: cancelled Flink job {job_id} (CANCELED)" in err
     finally:
         server.kill()
         server.wait()

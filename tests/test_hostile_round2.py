@@ -7,9 +7,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import threading
 
 import pyarrow as pa
@@ -18,7 +16,7 @@ import pytest
 
 from pipeline.config import ConfigError, check_number, enclosing_output
 from pipeline.report.cli import shorten
-from tests.runs import ROOT, cli, cli_env, read_rows, report_cli
+from tests.runs import cli, obeying_file_modes, read_rows, report_cli
 from tests.test_hostile_inputs import DATE, labelled_once, start_up_error
 from transforms.inputs import (
     MAX_URI_BYTES,
@@ -260,8 +258,7 @@ def test_a_folder_that_cannot_be_listed_is_a_no_access_row(tmp_path, sample_jpeg
     """chmod 000 on a folder under '**', for a process without CAP_DAC_OVERRIDE and
     CAP_DAC_READ_SEARCH (root lists any folder otherwise): setpriv drops them. The folder is
     one 'no access' row; the photos beside it are labelled."""
-    if shutil.which("setpriv") is None or os.geteuid() != 0:
-        pytest.skip("needs root and setpriv to drop CAP_DAC_READ_SEARCH")
+    obeying_modes = obeying_file_modes()
     top = tmp_path / "photos"
     good = [jpeg(top / "a.jpg", sample_jpeg), jpeg(top / "open" / "b.jpg", sample_jpeg)]
     locked = top / "locked"
@@ -269,14 +266,11 @@ def test_a_folder_that_cannot_be_listed_is_a_no_access_row(tmp_path, sample_jpeg
     locked.chmod(0)
     out = tmp_path / "out"
     try:
-        proc = subprocess.run(
-            ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
-            + [sys.executable, "-m", "pipeline.run", f"--input={top}/**", "--max_error_ratio=0.5"]
-            + [f"--output={out}", f"--model={probe_model}", "--image_size=32", f"--date={DATE}"],
-            cwd=ROOT,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
+        proc = label(
+            [f"--input={top}/**", "--max_error_ratio=0.5"],
+            out,
+            probe_model,
+            prefix=obeying_modes,
             timeout=180,
         )
     finally:
