@@ -32,7 +32,7 @@ from transforms.output import committed_rows, remove_temp, write_fault
 from transforms.storage import gcs
 from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld
 from transforms.storage.uris import is_gcs
-from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
+from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS, exception_chain
 
 
 class Stopped(BaseException):
@@ -94,12 +94,9 @@ def model_output_error(exc: BaseException) -> str | None:
     """The one line of a ModelOutputError that failed the job (raised when the worker loaded
     a model whose output saved_model.pb did not declare), else None. A runner in another
     process passes only its text."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ModelOutputError):
-            return str(exc).split(" [while running", 1)[0]
-        exc = exc.__cause__ or exc.__context__
+    for link in exception_chain(exc):
+        if isinstance(link, ModelOutputError):
+            return str(link).split(" [while running", 1)[0]
     return None
 
 

@@ -20,7 +20,7 @@ from apache_beam.options.value_provider import StaticValueProvider
 from transforms.printable import error_line, printable
 from transforms.rows import MODEL_VERSION, SOURCE_VERSION
 from transforms.storage.uris import glob_escape, local_path
-from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
+from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS, exception_chain
 
 TEMP_DIR = "_temp"  # '_' keeps pyarrow, Spark and BigQuery from reading it as data
 ROWS_PER_GROUP = 10_000
@@ -111,26 +111,10 @@ _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^\[\]'\"\n]+)")
 def _os_errors(exc: BaseException):
     """The OSErrors (with an errno) in an exception's chain, and in the details Beam's
     BeamIOError keeps per file, outermost first."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and isinstance(exc.errno, int):
-            yield exc
-        details = getattr(exc, "exception_details", None)
-        if isinstance(details, dict):
-            for detail in details.values():
-                if isinstance(detail, OSError) and isinstance(detail.errno, int):
-                    yield detail
-        exc = exc.__cause__ or exc.__context__
-
-
-def _chain_text(exc: BaseException) -> str:
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        parts.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(parts)
+    for link in exception_chain(exc):
+        details = getattr(link, "exception_details", None)
+        found = [link, *(details.values() if isinstance(details, dict) else ())]
+        yield from (e for e in found if isinstance(e, OSError) and isinstance(e.errno, int))
 
 
 def write_fault(exc: BaseException) -> str | None:
@@ -139,7 +123,7 @@ def write_fault(exc: BaseException) -> str | None:
     file-size limit or a read-only file system anywhere in its chain (or, from a runner in
     another process, in its text), or any storage fault raised by a write step. None for
     any other failure (a bug)."""
-    text = _chain_text(exc)
+    text = "\n".join(str(link) for link in exception_chain(exc))
     in_write_step = any(f"while running '{step}" in text for step in WRITE_STEPS.values())
     for error in _os_errors(exc):
         if in_write_step or error.errno in _FULL_OR_READ_ONLY:

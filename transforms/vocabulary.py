@@ -3,6 +3,8 @@ error reasons an error row carries (README "What happens to bad input" lists the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 # Stages an image passes through; an error row names the one that failed.
 READ, DECODE, INFERENCE = "read", "decode", "inference"
 STAGES = (READ, DECODE, INFERENCE)
@@ -54,16 +56,29 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then the exceptions it was raised from or while handling, outermost first; each
+    once, so a cycle ends."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def reason_for(stage: str, exc: BaseException) -> str:
-    """The reason an error row of `stage` carries for `exc`."""
+    """The reason an error row of `stage` carries for `exc` (a read's: from the first
+    exception of its chain whose type says one)."""
     if isinstance(exc, ImageError):
         return exc.reason
     if stage == READ:
-        for cls in type(exc).__mro__:
-            if cls.__name__ in _READ_REASONS_BY_TYPE:
-                return _READ_REASONS_BY_TYPE[cls.__name__]
-        cause = exc.__cause__ or exc.__context__
-        return reason_for(stage, cause) if cause is not None else READ_FAILED
+        for link in exception_chain(exc):
+            if isinstance(link, ImageError):
+                return link.reason
+            for cls in type(link).__mro__:
+                if cls.__name__ in _READ_REASONS_BY_TYPE:
+                    return _READ_REASONS_BY_TYPE[cls.__name__]
+        return READ_FAILED
     if stage == DECODE:
         return CORRUPT
     return MODEL_FAILED
