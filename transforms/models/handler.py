@@ -126,15 +126,19 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         logits.module = module  # keep the restored variables alive with the function
         # One grey image traces the function and tells what it returns: a wrong shape or
         # type stops the job here with one line (ModelOutputError), before any image.
-        out = logits(np.full((1, size, size, 3), 128, np.uint8))
-        if problem := output_problem(out, 1):
+        self._check_output(logits(np.full((1, size, size, 3), 128, np.uint8)), 1)
+        return logits
+
+    def _check_output(self, out: Any, images: int) -> None:
+        """ModelOutputError (one line naming the model) unless `out` is one number tensor
+        [images, classes] with a class per label."""
+        if problem := output_problem(out, images):
             raise ModelOutputError(f"--model {self._model} {problem}")
         if self._num_classes is not None:
             try:
                 check_label_count(self._model, out.shape[-1], self._num_classes)
             except ModelError as e:
                 raise ModelOutputError(str(e)) from None
-        return logits
 
     def run_inference(
         self,
@@ -143,11 +147,7 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         out = model(as_tensor(stack_aligned(batch)))
-        problem = output_problem(out, len(batch))
-        if problem is None and self._num_classes not in (None, out.shape[-1]):
-            problem = f"returns {out.shape[-1]} scores per image, not {self._num_classes}"
-        if problem:  # a model whose output changes with the batch: these images fail
-            raise ModelOutputError(f"--model {self._model} {problem}")
+        self._check_output(out, len(batch))  # an output that changes with the batch: these fail
         logits = out.numpy()
         return [PredictionResult(image, row) for image, row in zip(batch, logits, strict=True)]
 
