@@ -10,9 +10,11 @@ from collections.abc import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import BOUNDS, CPU_BATCH, GPU_BATCH, SKIP_ALL, LabelerOptions
-from transforms.images import MAX_IMAGE_SIZE, preprocess_id
-from transforms.inputs import InputError, check_manifest, check_pattern
+from pipeline.options import CPU_BATCH, FLAGS, GPU_BATCH, LabelerOptions, declared
+from transforms.done import PartFileError, SkipPolicy, check_partitions, skip_policy
+from transforms.images import preprocess_id
+from transforms.inputs import check_pattern
+from transforms.manifests import InputError, check_manifest
 from transforms.models.catalog import (
     ModelError,
     choose_model,
@@ -22,17 +24,11 @@ from transforms.models.catalog import (
     native_size,
 )
 from transforms.models.labels import load_labels
-from transforms.output import (
-    TEMP_DIR,
-    PartFileError,
-    check_partitions,
-    output_prefixes,
-    part_files,
-    probe_writable,
-)
+from transforms.output import probe_writable
 from transforms.printable import printable
 from transforms.storage import gcs
 from transforms.storage.bounded import MB
+from transforms.storage.layout import TEMP_DIR, output_prefixes, part_files
 from transforms.storage.uris import normalize_uri
 from transforms.vocabulary import KINDS
 
@@ -59,6 +55,7 @@ class Config:
     require_gpu: bool
     quiet: bool
     progress_interval: float
+    portion_seconds: float  # 0: one job, committed at its end
     read_concurrency: int
     max_inflight_bytes: int
     max_object_bytes: int
@@ -68,9 +65,14 @@ class Config:
     # The job's PipelineOptions that were set (gcs.job_options): gs:// is checked and read
     # as the job, on Beam's credentials path, at start-up and on the workers.
     storage_options: dict = dataclasses.field(default_factory=dict)
+    # A manifest that is a pipe, FIFO or terminal, as start-up read it (it cannot be read
+    # twice): the run lists from this copy.
+    manifest_stream: bytes | None = None
 
-
-MAX_PLAN_SAMPLE = 10_000  # images --plan may read to time them
+    @property
+    def skip(self) -> SkipPolicy:
+        """What the run counts as done (--skip_existing, transforms/done.py)."""
+        return skip_policy(self.skip_existing, self.date)
 
 
 def check_buckets(uris: Iterable[str | None], storage_options: dict) -> None:
@@ -82,21 +84,24 @@ def check_buckets(uris: Iterable[str | None], storage_options: dict) -> None:
         raise ConfigError(str(e)) from None
 
 
-def check_inputs(patterns: list[str], manifest: str | None, output: str, date: str) -> None:
+def check_inputs(
+    patterns: list[str], manifest: str | None, output: str, skip: SkipPolicy
+) -> bytes | None:
     """Everything the run reads besides the model, before any work: each pattern matches files
     (not a folder) outside the run's own output, the manifest is whole and lists URIs, and the
-    date's existing partition files (read to skip what is done) are readable Parquet. The
-    checks themselves live beside the readers (transforms.inputs, transforms.output)."""
+    existing partition files the run reads to skip what is done are readable Parquet. The
+    checks themselves live beside the readers (transforms.inputs, manifests, done). Returns
+    the manifest's bytes where it is a pipe (manifests.check_manifest)."""
     if not patterns and not manifest:
         raise ConfigError("no input: pass --input PATTERN and/or --input_manifest PATH")
     try:
         for pattern in patterns:
             check_pattern(pattern, exclude=output_prefixes(output))
-        if manifest:
-            check_manifest(manifest)
-        check_partitions(output, date)
+        streamed = check_manifest(manifest) if manifest else None
+        check_partitions(output, skip.dates)
     except (InputError, PartFileError) as e:
         raise ConfigError(str(e)) from None
+    return streamed
 
 
 OUTPUT_FOLDERS = (*KINDS, TEMP_DIR)
@@ -155,9 +160,7 @@ def check_storage_and_model(config: Config) -> Config:
     check_buckets(
         [*config.inputs, config.manifest, config.output, config.model], config.storage_options
     )
-    # The partitions a run reads to skip what is done: every date's, or only its own.
-    done_dates = "*" if config.skip_existing == SKIP_ALL else config.date
-    check_inputs(list(config.inputs), config.manifest, config.output, done_dates)
+    streamed = check_inputs(list(config.inputs), config.manifest, config.output, config.skip)
     try:
         model = choose_model(config.model, len(config.labels))
         version = model_version(locate(model))
@@ -174,14 +177,17 @@ def check_storage_and_model(config: Config) -> Config:
         image_size=image_size,
         model_version=version,
         preprocess=preprocess_id(image_size),
+        manifest_stream=streamed,
     )
 
 
 def check_number(flag: str, value: float | None, low: float, high: float, unit: str) -> float:
     """A numeric option's value, if it is a finite number from `low` to `high`; else
     ConfigError (inf, nan and 1e400 are out of every range)."""
-    if value is None or not (math.isfinite(value) and low <= value <= high):
-        raise ConfigError(f"--{flag} must be between {low:g} and {high:g} {unit}, not {value}")
+    # The range first: an int too large for a float (10**400) is out of it, not an error.
+    if value is None or not (low <= value <= high and math.isfinite(value)):
+        unit = f" {unit}" if unit else ""
+        raise ConfigError(f"--{flag} must be between {low:g} and {high:g}{unit}, not {value}")
     return value
 
 
@@ -190,25 +196,11 @@ def check_flags(opts: LabelerOptions) -> Config:
     model (None: the default choice) and image size (None: the model's own) stay open."""
     if not opts.output:
         raise ConfigError("--output is required: the folder or gs:// prefix to write to")
-    if opts.image_size is not None and not 1 <= opts.image_size <= MAX_IMAGE_SIZE:
-        raise ConfigError(
-            f"--image_size must be between 1 and {MAX_IMAGE_SIZE} pixels, not {opts.image_size}"
-        )
-    for flag, value, unit in (
-        ("read_concurrency", opts.read_concurrency, "reads"),
-        ("max_inflight_mb", opts.max_inflight_mb, "MB"),
-        ("max_object_mb", opts.max_object_mb, "MB"),
-        ("progress_interval", opts.progress_interval, "seconds"),
-    ):
-        check_number(flag, value, *BOUNDS[flag], unit)
-    if opts.max_error_ratio is None or not 0 <= opts.max_error_ratio <= 1:
-        raise ConfigError(f"--max_error_ratio must be between 0 and 1, not {opts.max_error_ratio}")
-    if opts.plan_sample is None or not 1 <= opts.plan_sample <= MAX_PLAN_SAMPLE:
-        raise ConfigError(
-            f"--plan_sample must be between 1 and {MAX_PLAN_SAMPLE}, not {opts.plan_sample}"
-        )
-    if opts.batch_size is not None:
-        check_number("batch_size", opts.batch_size, *BOUNDS["batch_size"], "images")
+    for flag in FLAGS:  # every declared range (pipeline/options.py)
+        value = getattr(opts, flag.name)
+        if flag.high is None or (value is None and flag.default is None):
+            continue  # no range, one known later (top_k), or unset: the model's or hardware's
+        check_number(flag.name, value, flag.low, flag.high, flag.unit)
     batch_size = opts.batch_size or (GPU_BATCH if opts.require_gpu else CPU_BATCH)
     date = check_date(opts.date)
     try:
@@ -219,8 +211,7 @@ def check_flags(opts: LabelerOptions) -> Config:
         raise ConfigError(
             f"--labels_file {opts.labels_file} is empty; it needs one class name a line"
         )
-    if not 1 <= opts.top_k <= len(labels):
-        raise ConfigError(f"--top_k must be between 1 and {len(labels)}, not {opts.top_k}")
+    check_number("top_k", opts.top_k, declared("top_k").low, len(labels), "")
     patterns = [normalize_uri(p) for p in opts.input or []]
     manifest = normalize_uri(opts.input_manifest) if opts.input_manifest else None
     given_model = opts.model
@@ -244,6 +235,7 @@ def check_flags(opts: LabelerOptions) -> Config:
         require_gpu=opts.require_gpu,
         quiet=opts.quiet,
         progress_interval=opts.progress_interval,
+        portion_seconds=opts.portion_seconds,
         read_concurrency=opts.read_concurrency,
         max_inflight_bytes=int(opts.max_inflight_mb * MB),
         max_object_bytes=int(opts.max_object_mb * MB),

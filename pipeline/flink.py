@@ -1,6 +1,7 @@
 """Flink job control for run_flink.sh and the local cluster: the Python SDK worker that a
 TaskManager starts (Beam's PROCESS environment), and the job's id, progress, cancel and
-restart count from Flink's REST API. Standard library only, apart from the worker.
+restart count from Flink's REST API. Standard library only, apart from the worker and the
+counter names that watch reads (transforms.metrics, imported there).
 
 python -m pipeline.flink worker --id=ID --provision_endpoint=HOST:PORT ...  (a TaskManager's)
 python -m pipeline.flink watch MASTER JOB_NAME ID_FILE [--interval S] [--quiet]
@@ -88,7 +89,7 @@ def restarts(master: str, job_id: str) -> int:
     return int(float(metrics[0]["value"])) if metrics else 0
 
 
-def beam_counters(master: str, job_id: str, namespace: str = "image_labeler") -> dict[str, int]:
+def beam_counters(master: str, job_id: str, namespace: str) -> dict[str, int]:
     """The job's Beam counters of a namespace so far, summed over steps and subtasks: Beam's
     Flink runner keeps them in one Flink accumulator as JSON of MonitoringInfos, each value
     a base64 varint."""
@@ -140,6 +141,8 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
+    from transforms import metrics  # imports Beam: here, so cancel stays quick
+
     job_id, last = None, time.monotonic()
     while not stopping and job_id is None:
         try:
@@ -165,7 +168,7 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         last = time.monotonic()
         try:
             state = rest(master, f"/jobs/{job_id}")["state"]
-            counts = beam_counters(master, job_id)
+            counts = beam_counters(master, job_id, metrics.NAMESPACE)
             reached = reached_labelling(master, job_id)
             restarted = restarts(master, job_id)
         except (OSError, ValueError, KeyError):
@@ -173,12 +176,12 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         if state in TERMINAL:
             break
         if not quiet:
-            failed = sum(n for k, n in counts.items() if k.startswith("failed_"))
+            failed = metrics.failed_total(counts)
             extra = f", {restarted} restart{'s' * (restarted != 1)}" if restarted else ""
             print(
                 f"{PROG}: Flink job {job_id} {state}: {reached} of "
-                f"{counts.get('images_queued', 0)} new images at the labelling step, "
-                f"{counts.get('images_labelled', 0)} labelled, {failed} failed{extra}",
+                f"{counts.get(metrics.IMAGES_QUEUED, 0)} new images at the labelling step, "
+                f"{counts.get(metrics.IMAGES_LABELLED, 0)} labelled, {failed} failed{extra}",
                 file=sys.stderr,
                 flush=True,
             )

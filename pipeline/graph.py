@@ -9,13 +9,14 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline.config import Config
-from pipeline.options import SKIP_DATE, SKIP_NONE
+from transforms.done import ExistingRows, KeepNew
 from transforms.feed import ReadAndDecode
-from transforms.inputs import KeepNew, ListInputs
+from transforms.inputs import ListInputs
 from transforms.models.handler import ImageClassifierHandler
-from transforms.output import WRITE_STEPS, ExistingRows, Versions, WritePartition
+from transforms.output import WRITE_STEPS, WritePartition
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
 from transforms.rows import ERROR_SCHEMA, MODEL_VERSION, PREDICTION_SCHEMA, PREPROCESS
+from transforms.storage.listing import Work
 from transforms.vocabulary import ERRORS, PREDICTIONS
 
 
@@ -23,6 +24,30 @@ from transforms.vocabulary import ERRORS, PREDICTIONS
 class LabelOutputs:
     predictions: beam.PCollection
     errors: beam.PCollection
+
+
+@dataclasses.dataclass(frozen=True)
+class Portion:
+    """One portion of a run in portions: its work units, and the id its files are named by
+    (the run's id and the portion's number, so that every committed file says its run)."""
+
+    work: list[Work]
+    run_id: str
+
+
+def select_work(pipeline: beam.Pipeline, config: Config) -> beam.PCollection:
+    """The inputs listed, less what the output holds (transforms/done.py) -> work units.
+    KeepNew ends with a shuffle (of URIs and versions only): every new input is counted, so
+    the progress total is known, and spread over workers before the first image is read."""
+    wanted = pipeline | "ListInputs" >> ListInputs(
+        config.inputs,
+        config.manifest,
+        config.output,
+        config.storage_options,
+        config.manifest_stream,
+    )
+    done = pipeline | "ExistingOutput" >> ExistingRows(config.output, config.skip)
+    return (wanted, done) | "KeepNew" >> KeepNew(config.model_version)
 
 
 def model_handler(config: Config) -> KeyedModelHandler:
@@ -40,29 +65,16 @@ def classifier(config: Config) -> ImageClassifierHandler:
     )
 
 
-def existing_rows(config: Config) -> beam.PTransform:
-    """What the run compares its inputs with (--skip_existing): every date's rows by version,
-    this date's rows whatever their version, or none."""
-    if config.skip_existing == SKIP_NONE:
-        return beam.Create([])
-    if config.skip_existing == SKIP_DATE:
-        return ExistingRows(config.output, config.date) | beam.MapTuple(any_version)
-    return ExistingRows(config.output, "*")
-
-
-def any_version(uri: str, _versions: Versions) -> tuple[str, Versions]:
-    """A done row that counts whatever the version (--skip_existing=date)."""
-    return uri, (None, None)
-
-
-def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
-    wanted = pipeline | "ListInputs" >> ListInputs(
-        config.inputs, config.manifest, config.output, config.storage_options
-    )
-    done = pipeline | "ExistingOutput" >> existing_rows(config)
-    # KeepNew ends with a shuffle (of URIs and versions only): every new input is counted, so
-    # the progress total is known, and spread over workers before the first image is read.
-    work = (wanted, done) | "KeepNew" >> KeepNew(config.model_version)
+def build_pipeline(
+    pipeline: beam.Pipeline, config: Config, portion: Portion | None = None
+) -> LabelOutputs:
+    """The whole run as one job, or with `portion` one portion of a run in portions
+    (pipeline/portions.py: the listing and the skip were done by the driver)."""
+    if portion is None:
+        work = select_work(pipeline, config)
+    else:
+        work = pipeline | "Portion" >> beam.Create(portion.work)
+    run_id = config.run_id if portion is None else portion.run_id
     decoded = work | "ReadAndDecode" >> beam.ParDo(
         ReadAndDecode(
             config.image_size,
@@ -88,7 +100,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config) -> LabelOutputs:
     stamp = {MODEL_VERSION: config.model_version, PREPROCESS: config.preprocess}
 
     def write(kind, schema):
-        return WritePartition(config.output, kind, config.date, config.run_id, schema, stamp)
+        return WritePartition(config.output, kind, config.date, run_id, schema, stamp)
 
     _ = predictions | WRITE_STEPS[PREDICTIONS] >> write(PREDICTIONS, PREDICTION_SCHEMA)
     _ = errors | WRITE_STEPS[ERRORS] >> write(ERRORS, ERROR_SCHEMA)

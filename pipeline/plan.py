@@ -8,43 +8,25 @@ import dataclasses
 import queue
 import random
 import time
-from collections import defaultdict
-from collections.abc import Iterator
 
 import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.graph import classifier
-from pipeline.options import SKIP_DATE, SKIP_NONE
+from transforms.done import JoinCounts, existing, join
 from transforms.feed import Failure, Feeder
 from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.inputs import (
-    CHANGED,
-    DONE,
-    Clients,
-    describe,
-    list_pattern,
-    manifest_uris,
-    verdict,
-)
+from transforms.inputs import list_inputs
 from transforms.models.catalog import ModelError
-from transforms.output import Versions, done_files, done_rows, output_prefixes
-from transforms.storage.listing import Listed, Work, as_work, content_key
-from transforms.storage.uris import normalize_uri
+from transforms.storage.listing import Work
 
 MODEL_BATCHES = 3  # timed model calls, after one that traces and warms it
 
 
 @dataclasses.dataclass
 class Plan:
-    listed: int = 0  # inputs listed, duplicates included
-    distinct: int = 0  # distinct URIs
-    done: int = 0  # already labelled (same source and model version)
-    changed: int = 0  # labelled before by this model, source changed since
-    to_label: int = 0  # distinct URIs the run would label
-    identical: int = 0  # of those, served by another's read (identical content)
-    to_read: int = 0  # reads the run would make
-    bytes_to_read: int = 0  # their listed sizes (unknown sizes not counted)
+    counts: JoinCounts = dataclasses.field(default_factory=JoinCounts)
+    bytes_to_read: int = 0  # the listed sizes of the reads (unknown sizes not counted)
     unknown_sizes: int = 0
     sampled: int = 0
     decode_wall_s: float = 0.0  # per read, this machine, the run's concurrency
@@ -53,53 +35,24 @@ class Plan:
 
     def projected_s(self) -> float:
         """Time here: reads and decodes overlap with the model, so the slower one sets it."""
-        return max(self.to_read * self.decode_wall_s, self.to_read * self.model_s)
-
-
-def inputs(config: Config) -> Iterator[Listed]:
-    """Every input as the run's ListInputs gives it."""
-    exclude = output_prefixes(config.output)
-    for pattern in config.inputs:
-        yield from list_pattern(pattern, exclude, config.storage_options)
-    if config.manifest:
-        clients = Clients(config.storage_options)
-        for uri in manifest_uris(config.manifest):
-            yield describe(normalize_uri(uri), clients)
-
-
-def existing(config: Config) -> dict[str, list[Versions]]:
-    """What the run's ExistingOutput gives, by URI."""
-    found: dict[str, list[Versions]] = defaultdict(list)
-    if config.skip_existing == SKIP_NONE:
-        return found
-    date = config.date if config.skip_existing == SKIP_DATE else "*"
-    for path in done_files(config.output, date):
-        for uri, versions in done_rows(path):
-            found[uri].append((None, None) if config.skip_existing == SKIP_DATE else versions)
-    return found
+        reads = self.counts.to_read
+        return max(reads * self.decode_wall_s, reads * self.model_s)
 
 
 def make_plan(config: Config) -> tuple[Plan, list[Work]]:
-    """The counts the run would report, and its work units (identical content together)."""
+    """The counts the run would report, and its work units (identical content together):
+    the run's own join (transforms/done.py) on the same listing."""
     plan = Plan()
-    wanted: dict[str, Listed] = {}
-    for item in inputs(config):
-        plan.listed += 1
-        wanted.setdefault(item.uri, item)
-    plan.distinct = len(wanted)
-    done = existing(config)
-    by_content: dict[str, list[Listed]] = defaultdict(list)
-    for uri, item in wanted.items():
-        found = verdict(item, done.get(uri, ()), config.model_version)
-        if found == DONE:
-            plan.done += 1
-            continue
-        plan.changed += found == CHANGED
-        by_content[content_key(item)].append(item)
-    works = [as_work(items) for items in by_content.values()]
-    plan.to_label = sum(len(work) for work in works)
-    plan.to_read = len(works)
-    plan.identical = plan.to_label - plan.to_read
+    works: list[Work] = []
+    done = existing(config.output, config.skip)
+    listed = list_inputs(
+        config.inputs,
+        config.manifest,
+        config.output,
+        config.storage_options,
+        config.manifest_stream,
+    )
+    plan.counts = join(listed, done, config.model_version, works.append)
     plan.bytes_to_read = sum(max(work[0].size, 0) for work in works)
     plan.unknown_sizes = sum(work[0].size < 0 for work in works)
     return plan, works
@@ -157,12 +110,14 @@ def hours(seconds: float) -> str:
 
 
 def format_plan(plan: Plan, config: Config) -> str:
+    counts = plan.counts
     lines = [
-        f"inputs listed: {plan.listed:,} ({plan.distinct:,} distinct URIs)",
-        f"already labelled (same source and model version): {plan.done:,}",
-        f"changed since labelled: {plan.changed:,}",
-        f"to label: {plan.to_label:,}, of which {plan.identical:,} served by an identical image",
-        f"to read: {plan.to_read:,} images, {plan.bytes_to_read / 2**20:,.1f} MiB"
+        f"inputs listed: {counts.listed:,} ({counts.distinct:,} distinct URIs)",
+        f"already labelled (same source and model version): {counts.done:,}",
+        f"changed since labelled: {counts.changed:,}",
+        f"to label: {counts.to_label:,}, of which {counts.identical:,} served by an identical "
+        "image",
+        f"to read: {counts.to_read:,} images, {plan.bytes_to_read / 2**20:,.1f} MiB"
         + (f" (+{plan.unknown_sizes:,} of unknown size)" if plan.unknown_sizes else ""),
     ]
     if plan.sampled:
@@ -172,8 +127,8 @@ def format_plan(plan: Plan, config: Config) -> str:
             f"{config.read_concurrency}, {1000 * plan.decode_cpu_s:.1f} ms of CPU), the model "
             f"{1000 * plan.model_s:.1f} ms per image in batches of {config.batch_size}",
             f"projected here: {hours(plan.projected_s())}; for the whole set: decode "
-            f"{hours(plan.to_read * plan.decode_cpu_s)} of vCPU, model "
-            f"{hours(plan.to_read * plan.model_s)} on this machine",
+            f"{hours(counts.to_read * plan.decode_cpu_s)} of vCPU, model "
+            f"{hours(counts.to_read * plan.model_s)} on this machine",
         ]
     lines.append(f"model version {config.model_version}; nothing was written")
     return "\n".join(f"plan: {line}" for line in lines)

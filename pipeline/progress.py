@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TextIO
 
-from transforms.metrics import LIVE
+from transforms.metrics import FAILED, LABELLED, LISTED, LIVE, QUEUED
 
 
 def clock(seconds: float) -> str:
@@ -22,17 +22,17 @@ def format_progress(
     """counts: queued/labelled/failed so far; seconds since the start; labelling_seconds
     since the first image was labelled (the rate's window, so model loading does not count;
     no rate until it is 1 s long)."""
-    done = counts["labelled"] + counts["failed"]
-    total = counts["queued"]
+    done = counts[LABELLED] + counts[FAILED]
+    total = counts[QUEUED]
     if total == 0:
-        listed = counts.get("listed", 0)
+        listed = counts.get(LISTED, 0)
         what = "nothing new to label" if final else "listing the inputs"
         what += f", {listed:,} found" if listed and not final else ""
         return f"labelling: {what} ({clock(seconds)})"
     if done == 0:
         return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"
     line = f"labelling: {done:,} of {total:,} images ({100 * done / total:.1f}%)"
-    line += f", {counts['failed']:,} failed"
+    line += f", {counts[FAILED]:,} failed"
     if labelling_seconds >= 1:
         rate = done / labelling_seconds
         line += f", {rate:.1f} images/s"
@@ -62,7 +62,7 @@ class ProgressPrinter:
     def _line(self, final: bool = False) -> str:
         counts = LIVE.snapshot()
         now = time.monotonic()
-        if self._first_labelled is None and counts["labelled"]:
+        if self._first_labelled is None and counts[LABELLED]:
             self._first_labelled = now
         since_first = now - self._first_labelled if self._first_labelled else 0.0
         return format_progress(counts, now - self._started, since_first, final)

@@ -7,6 +7,7 @@ python -m pipeline.run --input 'photos/**.jpg' --output out/ [beam options]
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -22,17 +23,22 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipeline import exit_status, plan, summary
+from pipeline import exit_status, plan, portions, summary
 from pipeline.config import Config, ConfigError, prepare
-from pipeline.graph import build_pipeline
-from pipeline.options import SKIP_ALL, LabelerOptions, parse_options
+from pipeline.failures import (
+    failed_job,
+    job_state,
+    one_line,
+    portable_job_failed,
+    quiet_beam_logs,
+)
+from pipeline.graph import Portion, build_pipeline
+from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
-from transforms.models.catalog import ModelOutputError
-from transforms.output import committed_rows, remove_temp, write_fault
-from transforms.storage import gcs
+from transforms import done, metrics
+from transforms.output import committed_rows, remove_temp
 from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld
-from transforms.storage.uris import is_gcs
-from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS, exception_chain
+from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 
 class Stopped(BaseException):
@@ -71,14 +77,6 @@ def committed(config: Config) -> dict[str, int]:
     return {k: committed_rows(config.output, k, config.date, config.run_id) for k in KINDS}
 
 
-def lease_client(config: Config):
-    """For a gs:// output, the storage client the lease is written with: the job's own
-    credentials and options (transforms.storage.gcs.access), as the output is written."""
-    if not is_gcs(config.output):
-        return None
-    return gcs.access(config.storage_options).client
-
-
 def take_lease(lease: Lease) -> None:
     """Takes the output's lease for the date (storage/lease.py), or ConfigError naming the
     run that holds it (exit status 2: refused before any work, nothing written)."""
@@ -90,34 +88,15 @@ def take_lease(lease: Lease) -> None:
         raise ConfigError(f"--output {lease.uri} cannot be written ({e})") from e
 
 
-def model_output_error(exc: BaseException) -> str | None:
-    """The one line of a ModelOutputError that failed the job (raised when the worker loaded
-    a model whose output saved_model.pb did not declare), else None. A runner in another
-    process passes only its text."""
-    for link in exception_chain(exc):
-        if isinstance(link, ModelOutputError):
-            return str(link).split(" [while running", 1)[0]
-    return None
+def in_portions(options: PipelineOptions, config: Config) -> bool:
+    """Whether the run is labelled in portions that commit as they go (pipeline/portions.py):
+    on DirectRunner and the portable runners (Flink) that this process waits on; a Dataflow
+    job (a worker pool started per job) or a job only submitted is one job."""
+    runner = (options.view_as(StandardOptions).runner or "").removesuffix("Runner").lower()
+    return config.portion_seconds > 0 and waits(options) and runner in PORTION_RUNNERS
 
 
-def failed_job(exc: Exception, config: Config) -> tuple[int, str] | None:
-    """(exit status, one line) for a job that failed for a reason the user can fix: a model
-    whose output is wrong (2: nothing was written) or output that could not be written (4);
-    None for anything else, a bug (Beam's traceback, exit status 1)."""
-    if (line := model_output_error(exc)) is not None:
-        return exit_status.BAD_OPTION, f"{line}; nothing was written"
-    fault = write_fault(exc)
-    if fault is None:
-        return None
-    try:
-        kept = committed(config)
-        what = f"{kept[PREDICTIONS]} predictions and {kept[ERRORS]} error rows of this run are in"
-    except Exception:  # the output cannot be read back either
-        what = "what this run wrote is in"
-    return exit_status.OUTPUT_LOST, (
-        f"the output could not be written ({fault}); {what} {config.output}: fix that and "
-        "run the same command again: what is kept is not labelled twice"
-    )
+PORTION_RUNNERS = ("direct", "portable", "flink")
 
 
 def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
@@ -132,17 +111,22 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
         print(plan.format_plan(plan.estimate(config), config))
         return exit_status.OK, True
     started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config)
-    if not waits(options):
-        pipeline.run()
-        staged = options.view_as(GoogleCloudOptions).template_location
-        print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
-        return exit_status.OK, False
+    if in_portions(options, config):
+        execute = functools.partial(run_in_portions, options, config)
+    else:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, config)
+        if not waits(options):
+            pipeline.run()
+            staged = options.view_as(GoogleCloudOptions).template_location
+            print(f"job {'staged at ' + staged if staged else 'submitted'}", file=sys.stderr)
+            return exit_status.OK, False
+        execute = functools.partial(one_job, pipeline)
     in_process = runs_in_this_process(options)
     # A run that skips what any date holds reads every date's rows: it holds the whole output.
-    scope = ALL_DATES if config.skip_existing == SKIP_ALL else config.date
-    lease = Lease(config.output, scope, config.run_id, client=lease_client(config))
+    scope = ALL_DATES if config.skip.dates == done.ALL_DATES else config.date
+    # Written as the output is: on gs://, with the job's credentials and options.
+    lease = Lease(config.output, scope, config.run_id, config.storage_options)
     try:
         # One run per output and date: held from before the date's partitions are read
         # (to skip what is done) until after the run's files are counted.
@@ -150,37 +134,79 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
         printer = None
         if not config.quiet and in_process:
             printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
-        return finish(pipeline, config, started, in_process, printer)
+        return finish(execute, config, started, in_process, printer)
     finally:
         lease.release()
 
 
-def finish(pipeline, config: Config, started: float, in_process: bool, printer) -> tuple[int, bool]:
-    """Runs the job to its end; the exit status and whether it ran in this process."""
-    result = None
+class Jobs:
+    """The Beam jobs of a run (one, or one per portion): the one in flight, for a stop or a
+    failure, and the counters of those that finished, summed."""
+
+    def __init__(self):
+        self.current = None
+        self.counts: dict[str, int] = {}
+        self.finished = 0
+        self.in_portions = False  # a run in portions: the summary counts them
+
+    def add(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def run(self, pipeline: beam.Pipeline) -> None:
+        self.current = pipeline.run()
+        self.current.wait_until_finish()
+        self.add(summary.counters(self.current))
+        self.finished += 1
+
+
+def one_job(pipeline: beam.Pipeline, jobs: Jobs) -> None:
+    jobs.run(pipeline)
+
+
+def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> None:
+    """Lists and joins here, then runs one job per portion, each committing its rows as it
+    ends, until the work is done or a stop is asked for (STOP: raised as Stopped)."""
+    counts, spool = portions.spool_work(config)
+    jobs.add(portions.join_counters(counts))
+    jobs.in_portions = True
+    metrics.LIVE.add(metrics.QUEUED, counts.to_label)
+    STOP.graceful = True  # from here a stop keeps what the portion in flight finishes
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
+        for index, work in enumerate(portions.portions(spool, config.portion_seconds)):
+            if STOP.requested:
+                break
+            portion = Portion(work, f"{config.run_id}-{index:05d}")
+            pipeline = beam.Pipeline(options=options)
+            build_pipeline(pipeline, config, portion)
+            jobs.run(pipeline)
+            with contextlib.suppress(Exception):  # debris in _temp/ harms nothing (README)
+                remove_temp(config.output, portion.run_id)
+    finally:
+        spool.close()
+    if STOP.requested:
+        raise Stopped(STOP.requested)
+
+
+def finish(execute, config: Config, started: float, in_process: bool, printer) -> tuple[int, bool]:
+    """Runs the job, or the portions' jobs, to the end: the exit status and whether the work
+    ran in this process."""
+    jobs = Jobs()
+    try:
+        execute(jobs)
     except Stopped as stop:
         if printer:
             printer.stop()
             printer = None
-        if result is not None and not in_process:
-            cancel(result)  # the job runs elsewhere (Flink, a job service): stop it there too
-        kept = committed(config)
-        print(
-            f"{prog_name()}: stopped; {kept[PREDICTIONS]} predictions and "
-            f"{kept[ERRORS]} error rows of this run are kept in {config.output}. Run "
-            "the same command again to resume: what is kept is not labelled twice.",
-            file=sys.stderr,
-        )
-        return exit_status.INTERRUPTED[stop.signal_name], in_process
+        return stopped(jobs, config, stop.signal_name, in_process), in_process
     except Exception as e:
         if printer:
             printer.stop()
             printer = None
-        known = failed_job(e, config)
-        if known is None and portable_job_failed(e, in_process):
+        if STOP.requested:  # a job cancelled for the stop (run_flink.sh cancels it first)
+            return stopped(jobs, config, STOP.requested, in_process), in_process
+        known = failed_job(e, config.output, lambda: committed(config))
+        if known is None and not in_process and portable_job_failed(e, job_state(jobs.current)):
             # A portable runner's job that failed there (Flink: a task out of restarts, too
             # few slots or network buffers): its root cause in one line, not the launcher's
             # stack.
@@ -191,23 +217,37 @@ def finish(pipeline, config: Config, started: float, in_process: bool, printer) 
         print(f"{prog_name()}: error: {line}", file=sys.stderr)
         return status, in_process
     finally:
+        STOP.settled()
         if printer:
             printer.stop()
-    counts = summary.counters(result)
+    counts = jobs.counts
     written = committed(config)
     status, why = summary.outcome(counts, written, config.max_error_ratio)
     if status != exit_status.OUTPUT_LOST:
         with contextlib.suppress(Exception):  # debris in _temp/ harms nothing (README)
             remove_temp(config.output, config.run_id)
-    print(summary.summarize(counts, written, config, time.monotonic() - started), file=sys.stderr)
+    seconds = time.monotonic() - started
+    portions_run = jobs.finished if jobs.in_portions else None
+    print(summary.summarize(counts, written, config, seconds, portions_run), file=sys.stderr)
     if why:
         print(f"{prog_name()}: error: {why}", file=sys.stderr)
     return status, in_process
 
 
-def portable_job_failed(exc: Exception, in_process: bool) -> bool:
-    """A job run out of this process (Flink, a job service) that failed there."""
-    return not in_process and isinstance(exc, RuntimeError) and "failed in state" in str(exc)
+def stopped(jobs: Jobs, config: Config, signal_name: str, in_process: bool) -> int:
+    """A stopped run's line (what it keeps) and exit status; a job running elsewhere (Flink,
+    a job service) is cancelled there too."""
+    if jobs.current is not None and not in_process:
+        cancel(jobs.current)
+    kept = committed(config)
+    portions_kept = f" ({jobs.finished} portions)" if jobs.finished > 1 else ""
+    print(
+        f"{prog_name()}: stopped; {kept[PREDICTIONS]:,} predictions and {kept[ERRORS]:,} error "
+        f"rows of this run are kept in {config.output}{portions_kept}. Run the same command "
+        "again to resume: what is kept is not labelled twice.",
+        file=sys.stderr,
+    )
+    return exit_status.INTERRUPTED[signal_name]
 
 
 def cancel(result) -> None:
@@ -220,14 +260,6 @@ def cancel(result) -> None:
             result.cancel()
     except Exception as e:  # noqa: BLE001 - already ended, or the job service is gone
         print(f"{prog_name()}: could not cancel the job: {one_line(str(e))}", file=sys.stderr)
-
-
-def one_line(message: str, limit: int = 400) -> str:
-    """The last line that says something (a Java root cause comes last), shortened."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    causes = [line for line in lines if "Exception:" in line and not line.startswith("at ")]
-    text = (causes[-1] if causes else lines[0] if lines else message).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def import_tensorflow_quietly() -> None:
@@ -247,11 +279,48 @@ def import_tensorflow_quietly() -> None:
         os.close(null)
 
 
-def stop_on(signum, _frame):
-    # Beam logs the exception with its traceback as it unwinds each stage: the user asked
-    # for the stop, so from here on only our own line is printed.
-    logging.disable(logging.CRITICAL)
-    raise Stopped(signal.Signals(signum).name)
+GRACE_SECONDS = 25  # a stop's wait for the portion in flight (schedulers give about 30 s)
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM. In a run in portions (graceful) the first one asks the run to
+    stop after the portion in flight, which has GRACE_SECONDS to commit; a second one, or the
+    grace running out, stops at once (Stopped), as any signal does outside portions."""
+
+    def __init__(self):
+        self.graceful = False
+        self.requested: str | None = None  # the first signal's name, once one came
+
+    def __call__(self, signum, _frame):
+        name = signal.Signals(signum).name
+        if self.graceful and self.requested is None:
+            self.requested = name
+            signal.signal(signal.SIGALRM, self._grace_over)
+            signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
+            print(
+                f"{prog_name()}: stopping after the portion in flight (at most "
+                f"{GRACE_SECONDS} s); {'Ctrl-C' if name == 'SIGINT' else name} again stops now",
+                file=sys.stderr,
+            )
+            return
+        self._stop_now(self.requested or name)
+
+    def _grace_over(self, _signum, _frame):
+        self._stop_now(self.requested or "SIGTERM")
+
+    @staticmethod
+    def _stop_now(name: str):
+        # Beam logs the exception with its traceback as it unwinds each stage: the user asked
+        # for the stop, so from here on only our own line is printed.
+        logging.disable(logging.CRITICAL)
+        raise Stopped(name)
+
+    def settled(self) -> None:
+        """The run has ended: no grace timer goes off after it."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+STOP = StopSignals()
 
 
 class _Unbreakable:
@@ -298,21 +367,9 @@ def guard_std_streams() -> None:
 def main() -> None:
     guard_std_streams()
     logging.getLogger().setLevel(logging.WARNING)
-    # Beam logs a failing step's exception with its traceback before raising it: the raise
-    # either becomes our one line (a write fault, a wrong model) or, for a bug, the traceback.
-    logging.getLogger("apache_beam.runners.common").addFilter(
-        lambda r: "[while running '" not in str(r.msg)
-    )
-    # A finished file that cannot be renamed into its partition stays in _temp/ and is
-    # counted as missing (exit status 4, last line); Beam's warning about it is not ours.
-    logging.getLogger("apache_beam.io.fileio").addFilter(
-        lambda r: "left orphaned in the temporary folder" not in str(r.msg)
-    )
-    # Beam 2.77's RunInference imports `resource` in one try with a torch-only module, so
-    # without torch it warns "Resource module is not available" on every run: not ours.
-    logging.getLogger().addFilter(lambda r: "Resource module is not available" not in str(r.msg))
-    signal.signal(signal.SIGINT, stop_on)
-    signal.signal(signal.SIGTERM, stop_on)
+    quiet_beam_logs()  # Beam's records that repeat (or contradict) our last line
+    signal.signal(signal.SIGINT, STOP)
+    signal.signal(signal.SIGTERM, STOP)
     in_process = True
     try:
         status, in_process = run()

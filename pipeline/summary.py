@@ -8,9 +8,18 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipeline.config import Config
 from pipeline.exit_status import OK, OUTPUT_LOST, TOO_MANY_ERRORS
-from transforms.metrics import NAMESPACE, REASON_PREFIX
-from transforms.output import partition_dir
-from transforms.vocabulary import ERRORS, PREDICTIONS, STAGES
+from transforms.metrics import (
+    IMAGES_CHANGED,
+    IMAGES_IDENTICAL,
+    IMAGES_LABELLED,
+    IMAGES_READ,
+    IMAGES_SKIPPED,
+    NAMESPACE,
+    failed_total,
+    reason_of,
+)
+from transforms.storage.layout import partition_dir
+from transforms.vocabulary import ERRORS, PREDICTIONS
 
 
 def counters(result: PipelineResult) -> dict[str, int]:
@@ -26,43 +35,41 @@ def counters(result: PipelineResult) -> dict[str, int]:
 
 def failure_breakdown(counts: dict[str, int]) -> str:
     """'decode: 2 empty file, 1 truncated; read: 1 NotFound' from the reason counters."""
-    reasons = [
-        (*name.removeprefix(REASON_PREFIX).split(":", 1), n)
-        for name, n in counts.items()
-        if name.startswith(REASON_PREFIX) and n
-    ]
+    named = ((reason_of(name), n) for name, n in counts.items() if n)
+    reasons = [(*which, n) for which, n in named if which]
     by_stage: dict[str, list[str]] = {}
     for stage, reason, n in sorted(reasons, key=lambda r: (r[0], -r[2], r[1])):
         by_stage.setdefault(stage, []).append(f"{n} {reason}")
     return "; ".join(f"{stage}: {', '.join(parts)}" for stage, parts in by_stage.items())
 
 
-def failed_images(counts: dict[str, int]) -> int:
-    """Images that became error rows, at any stage."""
-    return sum(counts.get(f"failed_{s}", 0) for s in STAGES)
-
-
 def summarize(
-    counts: dict[str, int], written: dict[str, int], config: Config, seconds: float
+    counts: dict[str, int],
+    written: dict[str, int],
+    config: Config,
+    seconds: float,
+    portions: int | None = None,
 ) -> str:
     """The one-line summary. 'labelled' counts the prediction rows found in the partition,
-    so nothing is reported as labelled that was not written."""
+    so nothing is reported as labelled that was not written; `portions`: how many a run in
+    portions committed (None: one job)."""
     labelled = written.get(PREDICTIONS, 0)
-    failed = failed_images(counts)
-    lost = counts.get("images_labelled", 0) - labelled
+    failed = failed_total(counts)
+    lost = counts.get(IMAGES_LABELLED, 0) - labelled
     detail = failure_breakdown(counts)
-    skipped = counts.get("images_skipped", 0)
-    changed = counts.get("images_changed", 0)
-    identical = counts.get("images_identical", 0)
+    skipped = counts.get(IMAGES_SKIPPED, 0)
+    changed = counts.get(IMAGES_CHANGED, 0)
+    identical = counts.get(IMAGES_IDENTICAL, 0)
     rate = (labelled + failed) / seconds if seconds > 0 else 0.0
     return (
-        f"labelled {labelled} of {counts.get('images_read', 0)} images"
+        f"labelled {labelled} of {counts.get(IMAGES_READ, 0)} images"
         f"{f' ({lost} more labelled but not written)' if lost > 0 else ''}, {failed} failed"
         f"{f' ({detail})' if detail else ''}"
         f"{f', {skipped} already in the output' if skipped else ''}"
         f"{f', {changed} changed since labelled' if changed else ''}"
         f"{f', {identical} served by an identical image' if identical else ''}"
         f" in {seconds:.1f} s ({rate:.1f} images/s); "
+        f"{f'{portions:,} portion{plural(portions)} committed; ' if portions is not None else ''}"
         f"predictions: {partition_dir(config.output, PREDICTIONS, config.date)}, "
         f"errors: {partition_dir(config.output, ERRORS, config.date)}"
     )
@@ -71,8 +78,8 @@ def summarize(
 def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: float):
     """(exit status, a line saying why it is not 0, or None) from the run's counters and
     the rows found in its partitions. Lost output outranks failed images."""
-    labelled = counts.get("images_labelled", 0)
-    failed = failed_images(counts)
+    labelled = counts.get(IMAGES_LABELLED, 0)
+    failed = failed_total(counts)
     missing = {
         kind: n - written.get(kind, 0)
         for kind, n in ((PREDICTIONS, labelled), (ERRORS, failed))
@@ -91,3 +98,7 @@ def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: fl
             f"--max_error_ratio {max_error_ratio:g} allows; the error rows say why"
         )
     return OK, None
+
+
+def plural(n: int) -> str:
+    return "" if n == 1 else "s"

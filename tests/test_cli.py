@@ -1,6 +1,5 @@
 """The real command line, run as a user runs it: layout and schema on disk, summary, errors."""
 
-import argparse
 import pathlib
 import re
 import subprocess
@@ -9,8 +8,9 @@ import sys
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import LabelerOptions
+from pipeline.options import FLAGS, parse_options
 from tests.runs import cli
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
 
@@ -18,10 +18,8 @@ pytestmark = pytest.mark.slow  # every test here runs the real command
 
 
 def declared_flags() -> list[str]:
-    """Every flag LabelerOptions declares, read from the declaration itself."""
-    parser = argparse.ArgumentParser(add_help=False)
-    LabelerOptions._add_argparse_args(parser)
-    return [f for action in parser._actions for f in action.option_strings]
+    """Every flag the job declares (pipeline/options.py FLAGS)."""
+    return [f"--{flag.name}" for flag in FLAGS]
 
 
 def test_help_lists_every_flag_and_hides_beams():
@@ -30,6 +28,20 @@ def test_help_lists_every_flag_and_hides_beams():
     out = cli("--help").stdout
     listed = set(re.findall(r"^  (--\w+)", out, re.MULTILINE))
     assert listed == set(flags)
+
+
+def test_the_command_line_reaches_beam_as_beam_would_parse_it(tmp_path):
+    """Parsed once, by our parser, and handed to Beam as values: every option as Beam's own
+    parse of the same flags gives it, ours and Beam's (lists, negated flags) alike."""
+    argv = [
+        *("--input=a", "--input", "b", f"--output={tmp_path}", "--plan", "--skip_existing=date"),
+        *("--max_object_mb=2.5", "--runner=DirectRunner", "--direct_num_workers=2"),
+        *("--project=p", "--labels=team=vision", "--labels", "x=y", "--experiments=e"),
+        "--no_use_public_ips",
+    ]
+    ours = parse_options(argv, "label-images")
+    assert ours.get_all_options() == PipelineOptions(argv).get_all_options()
+    assert ours.get_all_options(drop_default=True)["labels"] == ["team=vision", "x=y"]
 
 
 def test_unknown_flag_is_one_line_naming_the_closest(tmp_path):

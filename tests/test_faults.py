@@ -8,6 +8,7 @@ URI exactly once in the output, or a one-line error with the documented exit sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -537,9 +538,10 @@ def test_a_lease_is_taken_over_only_when_its_owner_has_gone(fields, taken, tmp_p
             lease.acquire()
         assert Owner.from_bytes(path.read_bytes()) == holder
         return
-    with lease:
-        assert lease.taken_over == holder
-        assert Owner.from_bytes(path.read_bytes()).run_id == "20250607T000000-123456"
+    assert Owner.from_bytes(path.read_bytes()) == holder  # until this run takes it over
+    lease.acquire()
+    assert Owner.from_bytes(path.read_bytes()).run_id == "20250607T000000-123456"
+    lease.release()
     assert not path.exists()
 
 
@@ -556,7 +558,7 @@ def test_an_unreadable_lease_is_refused_until_it_is_old(tmp_path):
 
 
 def test_heartbeats_renew_only_a_lease_still_held(tmp_path):
-    lease = Lease(str(tmp_path), DATE, "r1", heartbeat=3600).acquire()
+    lease = Lease(str(tmp_path), DATE, "r1").acquire()  # its own beats (30 s) change nothing here
     path = lease_file(tmp_path, DATE)
     first = Owner.from_bytes(path.read_bytes())
     time.sleep(0.01)
@@ -568,25 +570,47 @@ def test_heartbeats_renew_only_a_lease_still_held(tmp_path):
     assert Owner.from_bytes(path.read_bytes()).run_id == "someone-else"
 
 
+class FrozenLease(Lease):
+    """A run frozen for an hour, as its lease reads: every heartbeat it writes is an hour old."""
+
+    def _owner(self, started: float | None = None) -> Owner:
+        owner = super()._owner(started)
+        return dataclasses.replace(owner, heartbeat=owner.heartbeat - 3600)
+
+
 def test_gcs_lease_is_created_once_and_taken_over_by_generation(gcs, bucket):
+    from google.cloud import storage
+
     root = f"gs://{bucket}/out"
+    name = f"out/_temp/lease-{DATE}"
+
+    def holder() -> tuple[str, int] | None:
+        """(run id, generation) of the lease object, None if there is none."""
+        blob = storage.Client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return None
+        generation = blob.generation  # (a download resets it from a header the emulator omits)
+        return json.loads(blob.download_as_bytes())["run_id"], generation
+
     first = Lease(root, DATE, "r1").acquire()
     with pytest.raises(LeaseHeld, match="is being written by run r1"):
         Lease(root, DATE, "r2").acquire()
     assert first.renew()
     first.release()
-    second = Lease(root, DATE, "r2").acquire()  # free again
-    second._stop.set()  # its heartbeats stop: it is abandoned from now on
-    stale = Lease(root, DATE, "r3", stale_after=0.0).acquire()
-    assert stale.taken_over.run_id == "r2"
+    second = FrozenLease(root, DATE, "r2").acquire()  # free again
+    second._stop.set()  # and stop: it is abandoned
+    run_id, abandoned = holder()
+    assert run_id == "r2"
+    stale = Lease(root, DATE, "r3").acquire()
+    run_id, taken = holder()
+    assert run_id == "r3" and taken != abandoned  # taken over: r2's generation replaced
+    swap = f"POST /upload/storage/v1/b/{bucket}/o?uploadType=multipart&ifGenerationMatch="
+    assert f"{swap}{abandoned} " in "\n".join(gcs.requests())  # only if still r2's
     assert not second.renew()  # its generation is gone
     second.release()  # and so it deletes nothing
-    from google.cloud import storage
-
-    blob = storage.Client().bucket(bucket).get_blob(f"out/_temp/lease-{DATE}")
-    assert json.loads(blob.download_as_bytes())["run_id"] == "r3"
+    assert holder() == ("r3", taken)
     stale.release()
-    assert storage.Client().bucket(bucket).get_blob(f"out/_temp/lease-{DATE}") is None
+    assert holder() is None
 
 
 def test_two_concurrent_runs_on_gcs_one_refused(gcs, bucket, probe_model, tmp_path):

@@ -102,7 +102,7 @@ def test_gzip_members_are_all_inflated_and_trailing_bytes_ignored():
     assert gcs.gunzip_at_most(data, 100, "gs://b/o") == b"one two"
 
 
-@pytest.mark.parametrize("data", [b"not gzip at all", gzip.compress(b"x" * 1000)[:-12]])
+@pytest.mark.parametrize("data", [b"not gzip at all", gzip.compress(b"x" * 1000, mtime=0)[:-12]])
 def test_bytes_that_are_not_whole_gzip_are_refused(data):
     with pytest.raises(gcs.BadGzip, match="gs://b/o"):
         gcs.gunzip_at_most(data, 10 * MB, "gs://b/o")
@@ -193,8 +193,51 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):  # an upload (the lease): created, generation 1
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"kind": "storage#object", "generation": "1"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_DELETE(self):  # the lease released
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args):
         pass
+
+
+@pytest.fixture
+def recorder(monkeypatch) -> type[_Recorder]:
+    """_Recorder serving on loopback as the storage endpoint; its `seen` starts empty."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+    _Recorder.seen = []
+    yield _Recorder
+    server.shutdown()
+
+
+def test_the_lease_is_written_as_the_job(fresh_beam_credentials, recorder):
+    """The output's lease (storage/lease.py) goes with the job's token and headers, as the
+    reads do: created and deleted through gcs.access, not a default client."""
+    from transforms.storage.lease import Lease
+
+    options = gcs.job_options(PipelineOptions(JOB))
+    Lease("gs://photos/out", "2025-01-02", "r1", options).acquire().release()
+    [create] = [h for path, h in recorder.seen if path.startswith("/upload/")]
+    [delete] = [h for path, h in recorder.seen if path.startswith("/storage/v1/b/photos/o/out")]
+    for headers in (create, delete):
+        assert headers["authorization"] == "Bearer test-token"
+        assert headers["x-goog-custom-audit-job"] == "nightly-labels"
+        assert headers["x-goog-custom-audit-team"] == "vision"
+        assert headers["user-agent"].startswith("apache-beam/")
 
 
 def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, monkeypatch):
@@ -229,21 +272,30 @@ def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, monkey
 
 
 @pytest.fixture
-def memory_bucket(metadata_server, tmp_path, monkeypatch) -> str:
-    """A bucket on an emulator of its own that keeps objects in memory (fast uploads)."""
+def memory_emulator(metadata_server, tmp_path, monkeypatch) -> Emulator:
+    """An emulator of its own that keeps objects in memory (fast uploads), with a bucket
+    "listed"."""
     from google.cloud import storage
 
     emulator = Emulator(str(tmp_path / "gcs"), in_memory=True).start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
     storage.Client().create_bucket("listed")
-    yield "listed"
+    yield emulator
     emulator.stop()
 
 
-def test_listing_comes_in_pages_of_1000_with_versions_and_checksums(memory_bucket):
+def listing_requests(emulator: Emulator, bucket: str) -> list[dict[str, list[str]]]:
+    """The query of each object listing the emulator served for `bucket`, from its log."""
+    import urllib.parse
+
+    lines = [line for line in emulator.requests() if f"GET /storage/v1/b/{bucket}/o?" in line]
+    return [urllib.parse.parse_qs(line.split("?", 1)[1].split(" ", 1)[0]) for line in lines]
+
+
+def test_listing_comes_in_pages_of_1000_with_versions_and_checksums(memory_emulator):
     from google.cloud import storage
 
-    bucket = memory_bucket
+    bucket = "listed"
     target = storage.Client().bucket(bucket)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(
@@ -253,9 +305,12 @@ def test_listing_comes_in_pages_of_1000_with_versions_and_checksums(memory_bucke
             )
         )
     target.blob("other/0.jpg").upload_from_string(b"outside the prefix")
-    pages: list[int] = []
-    listed = list(gcs.list_objects(f"gs://{bucket}/many/", {}, on_page=pages.append))
-    assert pages == [1000, 2000, 2500]
+    before = len(listing_requests(memory_emulator, bucket))
+    listed = list(gcs.list_objects(f"gs://{bucket}/many/", {}))
+    pages = listing_requests(memory_emulator, bucket)[before:]
+    # Three requests of 1,000, each page after the first from the last name of the one before.
+    assert [page["maxResults"] for page in pages] == [["1000"]] * 3
+    assert [page.get("pageToken") for page in pages] == [None, ["many/0999.jpg"], ["many/1999.jpg"]]
     blobs = {b.name: b for b in target.list_blobs(prefix="many/")}
     assert [item.uri for item in listed] == [f"gs://{bucket}/{name}" for name in sorted(blobs)]
     for item in listed:

@@ -12,16 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.runs import ROOT, cli, output_files, read_rows
-from transforms.inputs import (
+from transforms.done import PartFileError, check_partitions
+from transforms.inputs import glob_regex, match_pattern
+from transforms.manifests import (
     InputError,
     check_manifest,
-    glob_regex,
     manifest_uris,
-    match_pattern,
     text_line,
     uris_from_text,
 )
-from transforms.output import PartFileError, check_partitions
 from transforms.printable import printable
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA, error_row
 from transforms.storage.uris import normalize_uri

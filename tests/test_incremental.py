@@ -27,7 +27,7 @@ from tests.runs import (
     signal_at_gate,
     storage_through_gate,
 )
-from transforms.inputs import CHANGED, DONE, NEW, verdict
+from transforms.done import CHANGED, DONE, NEW, verdict
 from transforms.models.catalog import model_version
 from transforms.storage.listing import Listed, content_key
 

@@ -12,11 +12,11 @@ import pytest
 
 from pipeline.progress import ProgressPrinter, clock, format_progress
 from tests.runs import ROOT, cli
-from transforms.metrics import LIVE
+from transforms.metrics import FAILED, LABELLED, LIVE, QUEUED
 
 
 def counts(queued, labelled, failed):
-    return {"queued": queued, "labelled": labelled, "failed": failed}
+    return {QUEUED: queued, LABELLED: labelled, FAILED: failed}
 
 
 def test_progress_wording():
@@ -59,10 +59,10 @@ def test_the_printer_writes_periodically_then_a_final_line(tty):
     LIVE.reset()
     stream = Stream(tty)
     printer = ProgressPrinter(stream, interval=0.01, refresh=0.01).start()
-    LIVE.add("queued")
+    LIVE.add(QUEUED)
     separator = "\r\x1b[K" if tty else "\n"
     written = written_until(stream, lambda text: text.count(separator) >= 3)
-    LIVE.add("labelled")
+    LIVE.add(LABELLED)
     printer.stop()
     assert written.count(separator) >= 3, "periodic lines while it runs"
     text = stream.getvalue()

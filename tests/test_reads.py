@@ -233,8 +233,31 @@ def test_local_path_of_each_scheme():
     assert local_path("/odd/name://x.jpg") == "/odd/name://x.jpg"
 
 
+class PeakBudget(bounded.ByteBudget):
+    """A ByteBudget that notes the most it has held (`peak`), for the tests to read: each
+    hold is noted by the thread that took it, before that thread can release it."""
+
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.peak = 0
+
+    def acquire(self, n: int) -> None:
+        super().acquire(n)
+        self.peak = max(self.peak, self.used)
+
+    def resize(self, held: int, n: int) -> None:
+        super().resize(held, n)
+        self.peak = max(self.peak, self.used)
+
+
+@pytest.fixture
+def peak_budgets(monkeypatch):
+    """Feeders made in the test hold PeakBudgets (the Feeder makes its budgets from bounded)."""
+    monkeypatch.setattr(bounded, "ByteBudget", PeakBudget)
+
+
 def test_byte_budget_waits_for_room_and_lets_one_oversized_read_through():
-    budget = bounded.ByteBudget(100)
+    budget = PeakBudget(100)
     budget.acquire(500)  # larger than the limit, but nothing else is held
     got = threading.Event()
     waiter = threading.Thread(target=lambda: (budget.acquire(10), got.set()))
@@ -267,7 +290,7 @@ def run_dofn(fn, uris: list[str]) -> list[tuple]:
     return seen
 
 
-def test_many_reads_in_flight_give_every_uri_exactly_once(tmp_path, sample_jpeg):
+def test_many_reads_in_flight_give_every_uri_exactly_once(tmp_path, sample_jpeg, peak_budgets):
     """200 reads, 16 at a time, a budget of 100 KB (about 3 photos): every URI comes out once,
     errors routed, and the bytes held never pass the budget by more than one photo."""
     from transforms.feed import ReadAndDecode, acquire_feeder
@@ -281,6 +304,7 @@ def test_many_reads_in_flight_give_every_uri_exactly_once(tmp_path, sample_jpeg)
     uris.append(missing)
     settings = (16, 100_000, 10 * MB)
     feeder = acquire_feeder(*settings)  # held here too, to read its budget afterwards
+    assert isinstance(feeder.budget, PeakBudget)
     seen = run_dofn(ReadAndDecode(16, *settings), uris)
     assert feeder.budget.used == 0
     assert feeder.budget.peak <= 100_000 + len(sample_jpeg)
@@ -429,10 +453,14 @@ def test_decoded_bytes_counts_frames_not_files(tmp_path):
     assert decoded_bytes(open_image(data), 32) >= 2000 * 2000 * 6  # the 16-bit frame + RGB
 
 
-def test_huge_frames_are_decoded_one_at_a_time(tmp_path):
+def test_huge_frames_are_decoded_one_at_a_time(tmp_path, peak_budgets, monkeypatch):
     """Four 16-bit PNGs whose frames (22 MB each as counted) do not fit two at a time in a
-    30 MB budget: the pixel budget never holds two, and every image is decoded."""
+    30 MB budget: the pixel budget never holds two, and every image is decoded. Two decode
+    threads whatever the machine (one per usable core), so two frames could be made at once."""
+    from transforms import feed
     from transforms.feed import ReadAndDecode, acquire_feeder
+
+    monkeypatch.setattr(feed, "usable_cores", lambda: 2)
     from transforms.images import decoded_bytes, open_image
 
     uris = []
@@ -445,6 +473,7 @@ def test_huge_frames_are_decoded_one_at_a_time(tmp_path):
     assert limit < 2 * cost, (cost, limit)
     settings = (4, limit, 10 * MB)
     feeder = acquire_feeder(*settings)
+    assert feeder.decode_threads == 2 and isinstance(feeder.pixels, PeakBudget)
     seen = run_dofn(ReadAndDecode(16, *settings), uris)
     assert sorted(uri for _, uri, _ in seen) == sorted(uris)
     assert all(tag is None for tag, _, _ in seen), seen

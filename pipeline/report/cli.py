@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.report.data import TOP_LABELS, Report, build_report, read_output
 from pipeline.report.page import chart_png, format_html
-from transforms.output import PartFileError
+from transforms.done import PartFileError
 from transforms.printable import printable
 
 PROG = "python -m pipeline.report"

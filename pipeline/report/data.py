@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.output import part_files, read_part_file
+from transforms.done import read_part_file
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA
+from transforms.storage.layout import part_files
 from transforms.vocabulary import ERRORS, PREDICTIONS
 
 DATE_IN_PATH = re.compile(r"/date=([^/]+)/[^/]+$")

@@ -91,6 +91,10 @@ def output_problem(out: Any, images: int) -> str | None:
     return None
 
 
+# The process's loaded model, by the settings it was loaded with (at most one entry).
+_LOADED: dict[tuple, Callable] = {}
+
+
 class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable]):
     """Loads a TF2 SavedModel image classifier with hub.load; input uint8 (N, S, S, 3).
 
@@ -113,6 +117,16 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         self._require_gpu = require_gpu
 
     def load_model(self) -> Callable:
+        """The model, loaded once per process for these settings: RunInference shares it
+        among a job's threads, and a run in portions (one job after another in this process)
+        finds it loaded (_LOADED)."""
+        key = (self._model, self._image_size, self._num_classes, self._require_gpu)
+        if key not in _LOADED:
+            _LOADED.clear()  # one model at a time: another run's goes
+            _LOADED[key] = self._load()
+        return _LOADED[key]
+
+    def _load(self) -> Callable:
         import tensorflow as tf
 
         configure_gpus(self._require_gpu)

@@ -17,7 +17,7 @@ import os
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from transforms import vocabulary as v
@@ -153,23 +153,15 @@ def check_buckets(uris: Iterable[str | None], options: Mapping | Any) -> None:
             raise BucketError(f"cannot reach gs://{bucket} ({type(e).__name__}: {e})") from None
 
 
-def list_objects(
-    prefix_uri: str, options: Mapping | Any, on_page: Callable[[int], Any] | None = None
-) -> Iterator[Listed]:
+def list_objects(prefix_uri: str, options: Mapping | Any) -> Iterator[Listed]:
     """The objects under gs://bucket/prefix, in name order, with the job's credentials:
-    PAGE_SIZE a request, only the fields a Listed needs. on_page(n) is called after each
-    page with the number listed so far."""
+    PAGE_SIZE a request, only the fields a Listed needs."""
     bucket, prefix = split_gcs(prefix_uri)
     blobs = access(options).client.list_blobs(
         bucket, prefix=prefix or None, page_size=PAGE_SIZE, fields=LIST_FIELDS
     )
-    listed = 0
-    for page in blobs.pages:
-        for blob in page:
-            listed += 1
-            yield listed_blob(bucket, blob)
-        if on_page is not None:
-            on_page(listed)
+    for blob in blobs:
+        yield listed_blob(bucket, blob)
 
 
 def listed_blob(bucket: str, blob: Any) -> Listed:
@@ -266,6 +258,7 @@ class GcsReader:
 
         job = access(options)
         self.endpoint = job.client.api_endpoint
+        # Kept for a test: impersonation, seen on a request instead, would need Google's IAM API.
         self.credentials = job.credentials
         # Accept-Encoding: the bytes as stored, which the checksums are of (gzip inflated here).
         self.headers = {**job.headers, "Accept-Encoding": "gzip"}

@@ -25,8 +25,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
-from transforms.storage.uris import is_gcs
+from transforms.storage import gcs
+from transforms.storage.uris import is_gcs, split_gcs
 
 LEASE_PREFIX = "lease-"
 HEARTBEAT_SECONDS = 30.0
@@ -204,7 +207,7 @@ class _GcsStore:
     """The lease as a Cloud Storage object; every change is conditional on its generation."""
 
     def __init__(self, uri: str, client):
-        bucket, _, name = uri[len("gs://") :].partition("/")
+        bucket, name = split_gcs(uri)
         self.path = uri
         self._bucket = client.bucket(bucket)
         self._name = name
@@ -225,12 +228,14 @@ class _GcsStore:
         blob = self._bucket.get_blob(self._name)
         if blob is None:
             return None
+        # Taken from the metadata: the download resets it from a header not every server sends.
+        generation = blob.generation
         try:
-            data = blob.download_as_bytes(if_generation_match=blob.generation)
+            data = blob.download_as_bytes(if_generation_match=generation)
         except (exceptions.NotFound, exceptions.PreconditionFailed):
             return self.read()  # it changed between the two requests
         updated = blob.updated.timestamp() if blob.updated else time.time()
-        return data, time.time() - updated, blob.generation
+        return data, time.time() - updated, generation
 
     def swap(self, token: object, data: bytes | None) -> object | None:
         from google.api_core import exceptions
@@ -257,35 +262,20 @@ def lease_uri(root: str, date: str, temp_dir: str = "_temp") -> str:
 
 class Lease:
     """The lease on ROOT's partition for `date`, for run `run_id`: acquire() or LeaseHeld,
-    renewed on a daemon thread while held, release() at the end (and on a signal)."""
+    renewed on a daemon thread while held, release() at the end (and on a signal). On gs://
+    it is written as the job writes its output: with the job's options (gcs.access)."""
 
-    def __init__(
-        self,
-        root: str,
-        date: str,
-        run_id: str,
-        *,
-        client=None,
-        heartbeat: float = HEARTBEAT_SECONDS,
-        stale_after: float = STALE_AFTER_SECONDS,
-    ):
+    def __init__(self, root: str, date: str, run_id: str, storage_options: Mapping | Any = None):
         self.uri = lease_uri(root, date)
         self._root, self._date = root, date
         if is_gcs(self.uri):
-            if client is None:
-                from google.cloud import storage
-
-                client = storage.Client()
-            self._store = _GcsStore(self.uri, client)
+            self._store = _GcsStore(self.uri, gcs.access(storage_options).client)
         else:
             self._store = _LocalStore(self.uri)
         self._run_id = run_id
-        self._heartbeat = heartbeat
-        self._stale_after = stale_after
         self._token: object | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.taken_over: Owner | None = None  # the abandoned lease this run took over, if any
 
     def _owner(self, started: float | None = None) -> Owner:
         now = time.time()
@@ -312,11 +302,10 @@ class Lease:
             data, age, token = found
             holder = Owner.from_bytes(data)
             now = time.time()
-            if not abandoned(holder, age, now, self._stale_after):
+            if not abandoned(holder, age, now, STALE_AFTER_SECONDS):
                 raise LeaseHeld(self._refusal(holder, now))
             new = self._store.swap(token, self._owner(self._started).to_bytes())
             if new is not None:
-                self.taken_over = holder
                 return self._held(new)
             # another run took it over (or it was released) first: look again
         raise LeaseHeld(
@@ -341,7 +330,7 @@ class Lease:
         return self
 
     def _renew_until_released(self) -> None:
-        while not self._stop.wait(self._heartbeat):
+        while not self._stop.wait(HEARTBEAT_SECONDS):
             self.renew()
 
     def renew(self) -> bool:
@@ -371,9 +360,3 @@ class Lease:
                     return
                 token = found[2]
             self._store.swap(token, None)
-
-    def __enter__(self) -> Lease:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

@@ -1,0 +1,145 @@
+"""A long run in portions (DirectRunner, Flink): the work the join leaves is spooled to local
+disk, then labelled as a sequence of jobs of about --portion_seconds each; each job commits
+its rows when it ends, so a crash loses only the portion in flight and the same command
+resumes from the rows committed (transforms/done.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+from pipeline.config import Config
+from transforms import metrics
+from transforms.done import JoinCounts, existing, join
+from transforms.inputs import list_inputs
+from transforms.storage.listing import Work
+
+FIRST_PORTION = 64  # work units of the first portion, before any rate is measured
+# At most this many work units a portion, whatever the rate: DirectRunner holds a portion's
+# elements in memory (about 1 KiB each), so a run's memory does not grow with its input.
+MAX_PORTION = 50_000
+
+
+def next_portion_size(works: int, seconds: float, target_seconds: float) -> int:
+    """Work units for the next portion: what the last one's rate (`works` in `seconds`,
+    its fixed costs included) does in target_seconds, from 1 to MAX_PORTION."""
+    if works <= 0 or seconds <= 0:
+        return FIRST_PORTION
+    return max(1, min(MAX_PORTION, round(works / seconds * target_seconds)))
+
+
+def portions_needed(to_read: int, seconds_per_read: float, target_seconds: float) -> int:
+    """How many portions a run of to_read work units at seconds_per_read has (--plan): the
+    first of FIRST_PORTION, then portions of target_seconds, each at most MAX_PORTION."""
+    if to_read <= 0:
+        return 0
+    rest = max(0, to_read - FIRST_PORTION)
+    size = next_portion_size(1, seconds_per_read, target_seconds) if seconds_per_read else 1
+    return 1 + -(-rest // size)
+
+
+class Spool:
+    """Work units on local disk, written once and read back in order, portion by portion: the
+    run's memory holds one portion, not the whole input. The file goes with close()."""
+
+    def __init__(self):
+        fd, self.path = tempfile.mkstemp(prefix="labeler-work-", suffix=".pickle")
+        self._file = os.fdopen(fd, "w+b")
+        self.count = 0
+        self.taken = 0
+
+    def add(self, work: Work) -> None:
+        pickle.dump(work, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.count += 1
+
+    def rewind(self) -> None:
+        self._file.flush()
+        self._file.seek(0)
+
+    def take(self, n: int) -> list[Work]:
+        """The next n work units (fewer at the end)."""
+        n = min(n, self.count - self.taken)
+        out = [pickle.load(self._file) for _ in range(n)]
+        self.taken += n
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+        os.unlink(self.path)
+
+
+def spool_work(config: Config) -> tuple[JoinCounts, Spool]:
+    """Lists the inputs here, joins them with what the output holds (the skip), and spools
+    what is left; the counts are the join's."""
+    spool = Spool()
+    try:
+        listed = list_inputs(
+            config.inputs,
+            config.manifest,
+            config.output,
+            config.storage_options,
+            config.manifest_stream,
+        )
+        # One listing names each URI once; a second pattern or a manifest may repeat one.
+        unique = len(config.inputs) == 1 and not config.manifest
+        done = existing(config.output, config.skip)
+        counts = join(listed, done, config.model_version, spool.add, unique=unique)
+    except BaseException:
+        spool.close()
+        raise
+    spool.rewind()
+    return counts, spool
+
+
+def join_counters(counts: JoinCounts) -> dict[str, int]:
+    """The join's counts under the counter names the single job's KeepNew reports them as."""
+    return {
+        metrics.IMAGES_SKIPPED: counts.done,
+        metrics.IMAGES_CHANGED: counts.changed,
+        metrics.IMAGES_IDENTICAL: counts.identical,
+        metrics.IMAGES_QUEUED: counts.to_label,
+    }
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the run in portions has done so far: counters summed over the committed
+    portions' jobs, and how many portions committed."""
+
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    committed: int = 0
+
+    def add(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + n
+        self.committed += 1
+
+
+def portions(spool: Spool, target_seconds: float, clock=time.monotonic) -> Iterator[list[Work]]:
+    """The spool's work, portion by portion, each sized from the rate of the one before
+    (the generator is resumed when a portion has been committed)."""
+    size = FIRST_PORTION
+    while spool.taken < spool.count:
+        started = clock()
+        portion = spool.take(size)
+        yield portion
+        size = next_portion_size(len(portion), clock() - started, target_seconds)
+
+
+def run_portions(
+    spool: Spool,
+    target_seconds: float,
+    run_portion: Callable[[int, list[Work]], dict[str, int]],
+    should_stop: Callable[[], bool],
+    progress: Progress,
+) -> None:
+    """Runs each portion's job (run_portion(index, work) -> its counters), committing as it
+    goes, until the spool is empty or a stop is asked for between two portions."""
+    for index, portion in enumerate(portions(spool, target_seconds)):
+        if should_stop():
+            return
+        progress.add(run_portion(index, portion))

@@ -1,0 +1,278 @@
+"""What the output already holds and what a run must still label: the one home of
+--skip_existing (its policy, the rows it reads, the verdict per URI and the join), as a pure
+join that --plan and the run's driver call and as the Beam transform a single job uses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import metrics
+from transforms.printable import error_line, printable
+from transforms.rows import MODEL_VERSION, SOURCE_VERSION
+from transforms.storage.layout import part_files
+from transforms.storage.listing import Listed, Work, as_work, content_key
+from transforms.vocabulary import KINDS
+
+# --- The policy ----------------------------------------------------------------------------
+
+SKIP_ALL, SKIP_DATE, SKIP_NONE = "true", "date", "false"  # --skip_existing's values
+ALL_DATES = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipPolicy:
+    """--skip_existing for one run. dates: the partitions whose rows count as done (ALL_DATES,
+    the run's date, or None: none). any_version: a row counts whatever its versions."""
+
+    dates: str | None
+    any_version: bool = False
+
+
+def skip_policy(skip_existing: str, date: str) -> SkipPolicy:
+    """true: every date's rows, by version; date: the run's date's rows, any version; false:
+    none."""
+    if skip_existing == SKIP_NONE:
+        return SkipPolicy(None)
+    if skip_existing == SKIP_DATE:
+        return SkipPolicy(date, any_version=True)
+    return SkipPolicy(ALL_DATES)
+
+
+# --- The rows the output holds -------------------------------------------------------------
+
+DONE_COLUMNS = ("uri", SOURCE_VERSION, MODEL_VERSION)
+Versions = tuple[str | None, str | None]  # a done row's (source_version, model_version)
+ANY_VERSION: Versions = (None, None)
+
+
+class PartFileError(ValueError):
+    """A part-*.parquet file in a partition that cannot be read; the message names it."""
+
+
+def _unreadable(path: str, why: str) -> PartFileError:
+    return PartFileError(
+        f"{printable(path)} {why}; move it out of the partition (every part-*.parquet there is "
+        "read as this job's output)"
+    )
+
+
+def read_part_file(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One partition file's columns; PartFileError naming it if it is not readable Parquet."""
+    try:
+        with FileSystems.open(path) as f:
+            return pq.read_table(f, columns=columns)
+    except Exception as e:  # empty, not Parquet, truncated, missing columns
+        raise _unreadable(path, f"is not a readable Parquet file ({error_line(e)})") from None
+
+
+def check_part_file(path: str) -> None:
+    """Reads one partition file's footer: Parquet with a string 'uri' column (what a re-run
+    reads to skip what is done), else PartFileError naming it."""
+    try:
+        with FileSystems.open(path) as f:
+            schema = pq.ParquetFile(f).schema_arrow
+    except Exception as e:  # empty, not Parquet, truncated
+        raise _unreadable(path, f"is not a readable Parquet file ({error_line(e)})") from None
+    if "uri" not in schema.names or not pa.types.is_string(schema.field("uri").type):
+        raise _unreadable(path, "has no string 'uri' column")
+
+
+def done_files(root: str, dates: str | None) -> list[str]:
+    """The finished part files of the dates' predictions and errors (ALL_DATES: every date's;
+    None: none)."""
+    if dates is None:
+        return []
+    return sorted(
+        m.path
+        for kind in KINDS
+        for m in FileSystems.match([part_files(root, kind, dates)])[0].metadata_list
+    )
+
+
+def check_partitions(root: str, dates: str | None, threads: int = 16) -> None:
+    """Every part file the run reads as done has a readable footer, so a broken file stops the
+    run at start-up with one line naming it (PartFileError)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(check_part_file, done_files(root, dates)))
+
+
+def done_rows(path: str, any_version: bool = False) -> Iterator[tuple[str, Versions]]:
+    """(uri, (source_version, model_version)) of each row of one part file, only those
+    columns read; a file written before rows carried versions, or any_version, gives
+    ANY_VERSION: done whatever the version."""
+    with FileSystems.open(path) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        columns = [c for c in DONE_COLUMNS if c in names and not (any_version and c != "uri")]
+        table = parquet.read(columns=columns)
+    uris = table.column("uri").to_pylist()
+    missing = [None] * len(uris)
+    versions = [
+        table.column(c).to_pylist() if c in columns else missing
+        for c in (SOURCE_VERSION, MODEL_VERSION)
+    ]
+    yield from zip(uris, zip(*versions, strict=True), strict=True)
+
+
+def existing(root: str, policy: SkipPolicy) -> dict[str, list[Versions]]:
+    """What the output holds for the policy, by URI (in this process: --plan, the driver)."""
+    found: dict[str, list[Versions]] = defaultdict(list)
+    for path in done_files(root, policy.dates):
+        for uri, versions in done_rows(path, policy.any_version):
+            found[uri].append(versions)
+    return found
+
+
+# --- The verdict and the join --------------------------------------------------------------
+
+NEW, CHANGED, DONE = "new", "changed", "done"
+
+
+def verdict(item: Listed, done: Iterable[Versions], model_version: str) -> str:
+    """Whether an input is to be labelled, from the (source_version, model_version) of the
+    rows the output already has for its URI: DONE when one has the same source and model
+    version (None, in rows written before rows carried versions, matches any); CHANGED when
+    the same model labelled another version of it; else NEW."""
+    rows = list(done)
+    for source, model in rows:
+        if source in (None, item.version) and model in (None, model_version):
+            return DONE
+    return CHANGED if any(model == model_version for _, model in rows) else NEW
+
+
+@dataclasses.dataclass
+class JoinCounts:
+    listed: int = 0  # inputs listed, duplicates included
+    distinct: int = 0  # distinct URIs
+    done: int = 0  # already labelled (same source and model version)
+    changed: int = 0  # labelled before by this model, source changed since
+    to_label: int = 0  # distinct URIs to label
+    to_read: int = 0  # work units: reads to make (identical content read once)
+
+    @property
+    def identical(self) -> int:
+        """Inputs served by another's read (identical content)."""
+        return self.to_label - self.to_read
+
+
+def join(
+    wanted: Iterable[Listed],
+    done: Mapping[str, Sequence[Versions]],
+    model_version: str,
+    emit: Callable[[Work], None],
+    unique: bool = False,
+) -> JoinCounts:
+    """Listed inputs and the output's rows -> the work units of what is still to label,
+    given to `emit` (each wanted URI once, unless done; inputs of identical content in one
+    unit), and the counts. `unique`: the inputs come from one listing, which names each URI
+    once, so no set of seen URIs is kept. Inputs whose content key is their URI are emitted
+    as they come; those a checksum may join are held until the listing ends."""
+    counts = JoinCounts()
+    seen: set[str] = set()
+    by_content: dict[str, list[Listed]] = {}
+
+    def add(work: Work) -> None:
+        counts.to_label += len(work)
+        counts.to_read += 1
+        emit(work)
+
+    for item in wanted:
+        counts.listed += 1
+        if not unique:
+            if item.uri in seen:
+                continue
+            seen.add(item.uri)
+        counts.distinct += 1
+        found = verdict(item, done.get(item.uri, ()), model_version)
+        if found == DONE:
+            counts.done += 1
+            continue
+        counts.changed += found == CHANGED
+        key = content_key(item)
+        if key.startswith("uri:"):
+            add((item,))
+        else:
+            by_content.setdefault(key, []).append(item)
+    for items in by_content.values():
+        add(as_work(items))
+    return counts
+
+
+# --- The same join as Beam transforms (a single job: Dataflow, a submitted job) ------------
+
+
+class ExistingRows(beam.PTransform):
+    """(uri, Versions) of every row the policy counts as done; empty where there is none.
+    The files are found at start-up and read in parallel."""
+
+    def __init__(self, root: str, policy: SkipPolicy):
+        super().__init__()
+        self._files = done_files(root, policy.dates)
+        self._any_version = policy.any_version
+
+    def expand(self, pipeline):
+        return (
+            pipeline
+            | "PartFiles" >> beam.Create(self._files)
+            | "Spread" >> beam.Reshuffle()
+            | "ReadDone" >> beam.FlatMap(done_rows, self._any_version)
+        )
+
+
+def new_items(grouped: tuple[str, dict[str, Iterable]], model_version: str) -> Iterator[Listed]:
+    """(uri, {"wanted": [Listed...], "done": [Versions...]}) -> the input once if wanted and
+    not done (see verdict), counted."""
+    _, sides = grouped
+    item = next(iter(sides["wanted"]), None)
+    if item is None:
+        return
+    found = verdict(item, sides["done"], model_version)
+    if found == DONE:
+        metrics.images_skipped.inc()
+        return
+    if found == CHANGED:
+        metrics.images_changed.inc()
+    metrics.count_queued()
+    yield item
+
+
+def to_work(key: str, items: Iterable[Listed]) -> Work:
+    """The inputs of one content key -> one work unit; all but one are served by its read."""
+    work = as_work(items)
+    metrics.images_identical.inc(len(work) - 1)
+    return work
+
+
+class KeepNew(beam.PTransform):
+    """(wanted Listed inputs, done (uri, Versions)) -> work units: each wanted input once,
+    unless it is done (see verdict), inputs of identical content together (content_key).
+
+    One CoGroupByKey does both the de-duplication and the skip, on URIs and versions; one
+    GroupByKey then joins identical content: decoded pixels never cross a shuffle.
+    """
+
+    def __init__(self, model_version: str):
+        super().__init__()
+        self._model_version = model_version
+
+    def expand(self, pcolls):
+        wanted, done = pcolls
+        return (
+            {
+                "wanted": wanted | "KeyWanted" >> beam.Map(lambda item: (item.uri, item)),
+                "done": done,
+            }
+            | "ByUri" >> beam.CoGroupByKey()
+            | "New" >> beam.FlatMap(new_items, self._model_version)
+            | "KeyContent" >> beam.Map(lambda item: (content_key(item), item))
+            | "ByContent" >> beam.GroupByKey()
+            | "Work" >> beam.MapTuple(to_work)
+        )
