@@ -7,6 +7,8 @@ with the near-zero model and small JPEGs (1,000 distinct files hard-linked under
   with --flink: day 1 at --small on the local Flink cluster (scripts/flink_cluster.sh).
 
 python -m benchmarks.scale [--n 1000000] [--small 100000] [--work DIR] [--flink]
+python -m benchmarks.scale --portions [--n 1000000] [--big 3000000] ...: runs in portions
+  (benchmarks/portions.py, whose flags follow --portions).
 Prints one JSON object; figures go to docs/performance.md with the machine and date.
 """
 
@@ -143,6 +145,12 @@ def flink_day1(photos: str, out: str, model: str, work: str) -> dict:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--portions" in argv:
+        from benchmarks import portions
+
+        portions.main([a for a in argv if a != "--portions"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)

@@ -131,8 +131,9 @@ def write_id(path: str, job_id: str) -> None:
 
 def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) -> None:
     """Waits for the job to reach the cluster, says its id and web UI link, then prints a
-    progress line every `interval` seconds until it ends or this process is told to stop
-    (SIGTERM, when the launcher is done), and then one line: final state and restarts."""
+    progress line every `interval` seconds until this process is told to stop (SIGTERM, when
+    the launcher is done), following the run's next job of the same name when one ends (a
+    run in portions is one job per portion), and then one line: final state and restarts."""
     stopping = False
 
     def stop(_signum, _frame) -> None:
@@ -161,6 +162,7 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         else:
             time.sleep(0.5)
     state = ""
+    earlier_restarts = 0  # of the run's jobs before this one
     while not stopping:
         time.sleep(0.5)
         if time.monotonic() - last < interval:
@@ -168,19 +170,25 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         last = time.monotonic()
         try:
             state = rest(master, f"/jobs/{job_id}")["state"]
+            if state in TERMINAL:
+                newer = find_job(master, name)
+                if newer and newer["jid"] != job_id:  # the next portion's job
+                    earlier_restarts += restarts(master, job_id)
+                    job_id = newer["jid"]
+                    write_id(id_file, job_id)
+                continue
             counts = beam_counters(master, job_id, metrics.NAMESPACE)
             reached = reached_labelling(master, job_id)
             restarted = restarts(master, job_id)
         except (OSError, ValueError, KeyError):
             continue
-        if state in TERMINAL:
-            break
         if not quiet:
             failed = metrics.failed_total(counts)
             extra = f", {restarted} restart{'s' * (restarted != 1)}" if restarted else ""
+            queued = counts.get(metrics.IMAGES_QUEUED, 0)  # 0 in a portion's job: not counted
             print(
-                f"{PROG}: Flink job {job_id} {state}: {reached} of "
-                f"{counts.get(metrics.IMAGES_QUEUED, 0)} new images at the labelling step, "
+                f"{PROG}: Flink job {job_id} {state}: {reached}{f' of {queued}' if queued else ''}"
+                " new images at the labelling step, "
                 f"{counts.get(metrics.IMAGES_LABELLED, 0)} labelled, {failed} failed{extra}",
                 file=sys.stderr,
                 flush=True,
@@ -189,7 +197,7 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         return
     try:
         state = rest(master, f"/jobs/{job_id}")["state"]
-        restarted = restarts(master, job_id)
+        restarted = earlier_restarts + restarts(master, job_id)
     except (OSError, ValueError, KeyError):
         return
     # Restarts mean tasks failed and were run again (Flink's restart strategy): the output
@@ -203,8 +211,9 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
 
 
 def cancel(master: str, name: str, id_file: str, timeout: float = 60) -> int:
-    """Cancels the run's job (by the id the watcher wrote, else by its name) and waits for
-    CANCELED. One line either way; exit status 0 when no job of the run is left running."""
+    """Cancels the run's job in flight (the newest of its name: a run in portions has one
+    job per portion; else the id the watcher wrote) and waits for CANCELED. One line either
+    way; exit status 0 when no job of the run is left running."""
     job_id = ""
     try:
         with open(id_file) as f:
@@ -212,11 +221,11 @@ def cancel(master: str, name: str, id_file: str, timeout: float = 60) -> int:
     except OSError:
         pass
     try:
-        if not job_id:
-            job = find_job(master, name)
-            if not job:
-                return 0  # not submitted (yet): nothing to cancel
+        job = find_job(master, name)
+        if job:
             job_id = job["jid"]
+        elif not job_id:
+            return 0  # not submitted (yet): nothing to cancel
         state = rest(master, f"/jobs/{job_id}")["state"]
         if state in TERMINAL:
             return 0

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.graph import classifier
+from pipeline.portions import portions_needed
 from transforms.done import JoinCounts, existing, join
 from transforms.feed import Failure, Feeder
 from transforms.images import DEFAULT_MAX_PIXELS
@@ -109,6 +110,19 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.3g} h"
 
 
+def committed_as(plan: Plan, config: Config) -> str:
+    """How a run here commits its work: in portions (pipeline/portions.py), or at its end."""
+    if config.portion_seconds <= 0:
+        return "committed as one job at its end (--portion_seconds 0)"
+    reads = plan.counts.to_read
+    per_read = plan.projected_s() / reads if reads else 0.0
+    n = portions_needed(reads, per_read, config.portion_seconds)
+    return (
+        f"committed in about {n:,} portion{'s' * (n != 1)} of --portion_seconds "
+        f"{config.portion_seconds:g} on DirectRunner or Flink (one job on Dataflow)"
+    )
+
+
 def format_plan(plan: Plan, config: Config) -> str:
     counts = plan.counts
     lines = [
@@ -129,6 +143,7 @@ def format_plan(plan: Plan, config: Config) -> str:
             f"projected here: {hours(plan.projected_s())}; for the whole set: decode "
             f"{hours(counts.to_read * plan.decode_cpu_s)} of vCPU, model "
             f"{hours(counts.to_read * plan.model_s)} on this machine",
+            committed_as(plan, config),
         ]
     lines.append(f"model version {config.model_version}; nothing was written")
     return "\n".join(f"plan: {line}" for line in lines)

@@ -18,18 +18,21 @@ from transforms.done import JoinCounts, existing, join
 from transforms.inputs import list_inputs
 from transforms.storage.listing import Work
 
-FIRST_PORTION = 64  # work units of the first portion, before any rate is measured
+# Work units of the first portion, before any rate is measured, and of the smallest: a
+# portion's fixed cost (its job's start and end, about a second on DirectRunner) stays small
+# beside its work however short --portion_seconds is.
+FIRST_PORTION = 64
 # At most this many work units a portion, whatever the rate: DirectRunner holds a portion's
 # elements in memory (about 1 KiB each), so a run's memory does not grow with its input.
-MAX_PORTION = 50_000
+MAX_PORTION = 100_000
 
 
 def next_portion_size(works: int, seconds: float, target_seconds: float) -> int:
     """Work units for the next portion: what the last one's rate (`works` in `seconds`,
-    its fixed costs included) does in target_seconds, from 1 to MAX_PORTION."""
+    its fixed costs included) does in target_seconds, from FIRST_PORTION to MAX_PORTION."""
     if works <= 0 or seconds <= 0:
         return FIRST_PORTION
-    return max(1, min(MAX_PORTION, round(works / seconds * target_seconds)))
+    return max(FIRST_PORTION, min(MAX_PORTION, round(works / seconds * target_seconds)))
 
 
 def portions_needed(to_read: int, seconds_per_read: float, target_seconds: float) -> int:
@@ -38,7 +41,7 @@ def portions_needed(to_read: int, seconds_per_read: float, target_seconds: float
     if to_read <= 0:
         return 0
     rest = max(0, to_read - FIRST_PORTION)
-    size = next_portion_size(1, seconds_per_read, target_seconds) if seconds_per_read else 1
+    size = next_portion_size(1, seconds_per_read, target_seconds)
     return 1 + -(-rest // size)
 
 

@@ -182,6 +182,15 @@ def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> Non
             jobs.run(pipeline)
             with contextlib.suppress(Exception):  # debris in _temp/ harms nothing (README)
                 remove_temp(config.output, portion.run_id)
+            if not config.quiet and not runs_in_this_process(options):  # no live progress line
+                done = jobs.counts.get(metrics.IMAGES_LABELLED, 0) + metrics.failed_total(
+                    jobs.counts
+                )
+                print(
+                    f"{prog_name()}: portion {index + 1:,} committed: {done:,} of "
+                    f"{counts.to_label:,} images done",
+                    file=sys.stderr,
+                )
     finally:
         spool.close()
     if STOP.requested:

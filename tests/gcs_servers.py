@@ -192,12 +192,13 @@ class _BusyServer(http.server.ThreadingHTTPServer):
 
 
 class Gate:
-    """Holds the n-th (1-based) download or upload of an object whose name contains `part`
+    """Holds the n-th (1-based) download, upload or copy (a rename's first half: how a
+    finished file is committed into its partition) of an object whose name contains `part`
     until released: a point in a run that a test chooses, and knows the run has reached
     (`holding` is set while the request waits)."""
 
-    def __init__(self, n: int, part: str, upload: bool = False):
-        self.n, self.part, self.upload = n, part, upload
+    def __init__(self, n: int, part: str, upload: bool = False, copy: bool = False):
+        self.n, self.part, self.upload, self.copy = n, part, upload, copy
         self.holding = threading.Event()
         self._released = threading.Event()
         self._seen = 0
@@ -210,6 +211,11 @@ class Gate:
             if method != "POST" or "uploadType=" not in path:
                 return
             named = urllib.parse.unquote(path) + body[:4096].decode("latin-1")
+        elif self.copy:  # alone or in a batch: ".../o/SOURCE/copyTo/b/BUCKET/o/DESTINATION"
+            named = urllib.parse.unquote(path + body[:65536].decode("latin-1"))
+            if method != "POST" or not ("copyTo/" in named or "rewriteTo/" in named):
+                return
+            named = named.split("copyTo/", 1)[-1].split("rewriteTo/", 1)[-1]
         elif "alt=media" in path:
             named = urllib.parse.unquote(path.split("?", 1)[0])
         else:

@@ -48,7 +48,7 @@ def test_glob_escape_matches_exactly_the_literal_path(tmp_path):
     (tmp_path / "o1").mkdir()
     (tmp_path / "o1" / "sub").mkdir()
     (tmp_path / "o1" / "sub" / "x.jpg").write_bytes(b"y")
-    found = match_pattern(glob_escape(str(root)) + "/sub/*.jpg")
+    found = list(match_pattern(glob_escape(str(root)) + "/sub/*.jpg"))
     assert found == [str(root / "sub" / "x.jpg")]
 
 
@@ -107,7 +107,7 @@ def test_listing_reaches_paths_longer_than_path_max(tmp_path, sample_jpeg):
     path = deep_file(top, sample_jpeg)
     assert len(os.fsencode(path)) > PATH_MAX
     assert list(list_local(str(top))) == [path]
-    assert match_pattern(f"{top}/**.jpg") == [path]
+    assert list(match_pattern(f"{top}/**.jpg")) == [path]
 
 
 # --- Runs of the CLI -----------------------------------------------------------------------

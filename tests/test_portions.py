@@ -29,7 +29,7 @@ def test_the_spool_gives_back_every_work_unit_in_order_and_goes_when_closed():
 
 def test_a_portion_holds_target_seconds_at_the_last_rate_within_bounds():
     assert next_portion_size(100, 10.0, 60) == 600  # 10 a second for a minute
-    assert next_portion_size(10, 100.0, 1) == 1  # never empty
+    assert next_portion_size(10, 100.0, 1) == FIRST_PORTION  # its fixed cost stays small
     assert next_portion_size(10**6, 1.0, 3600) == MAX_PORTION  # memory stays bounded
     assert next_portion_size(0, 0.0, 60) == FIRST_PORTION
 

@@ -131,25 +131,27 @@ def _list_folder(fd: int, path: str, seen: set, links: list[str]):
     return subfolders
 
 
-def match_pattern(pattern: str, exclude: Sequence[str] = ()) -> list[str]:
+def match_pattern(pattern: str, exclude: Sequence[str] = ()) -> Iterator[str]:
     """URIs of the files `pattern` matches (any Beam filesystem), except those starting with
     one of `exclude` (the run's own output). A pattern without glob characters names one file.
 
     Globs list everything under the pattern's literal prefix (list_local on the local disk,
     elsewhere Beam's '**', the listing Beam's own match makes) and keep what glob_regex
-    accepts. Local names come as uri_for_path writes them."""
+    accepts. Local names come as uri_for_path writes them, as the walk finds them: a local
+    listing is never held whole in memory."""
     if has_glob(pattern):
         regex = glob_regex(pattern)
         prefix = _LITERAL_PREFIX.match(pattern)[0]
         if FileSystems.get_scheme(pattern) is None:
             top = prefix if prefix.endswith("/") else os.path.dirname(prefix)
-            paths = [p for p in list_local(top or "/") if regex.match(p)]
+            paths = (p for p in list_local(top or "/") if regex.match(p))
         else:
             listed = FileSystems.match([prefix + "**"])[0]
-            paths = [m.path for m in listed.metadata_list if regex.match(m.path)]
+            paths = (m.path for m in listed.metadata_list if regex.match(m.path))
     else:
-        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    return [uri_for_path(p) for p in paths if not p.startswith(tuple(exclude))]
+        paths = (m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    skip = tuple(exclude)
+    return (uri_for_path(p) for p in paths if not p.startswith(skip))
 
 
 def check_pattern(pattern: str, exclude: Sequence[str] = ()) -> None:
@@ -169,7 +171,7 @@ def check_pattern(pattern: str, exclude: Sequence[str] = ()) -> None:
         first = FileSystems.match([pattern], limits=[1])[0].metadata_list
         if first and not first[0].path.startswith(tuple(exclude)):
             return
-        if match_pattern(pattern, exclude):
+        if next(match_pattern(pattern, exclude), None) is not None:
             return
     except Exception as e:  # unreachable bucket, bad credentials, ...
         raise InputError(f"--input {shown}: cannot list it ({error_line(e)})") from e

@@ -21,7 +21,6 @@ class ByteBudget:
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.peak = 0  # the most ever held at once
         self._used = 0
         self._changed = threading.Condition()
 
@@ -34,7 +33,6 @@ class ByteBudget:
             while self._used and self._used + n > self.limit:
                 self._changed.wait()
             self._used += n
-            self.peak = max(self.peak, self._used)
 
     def release(self, n: int) -> None:
         with self._changed:
@@ -48,7 +46,6 @@ class ByteBudget:
         elif n > held:
             with self._changed:
                 self._used += n - held
-                self.peak = max(self.peak, self._used)
 
 
 def too_large(uri: str, size: int, max_bytes: int) -> v.ImageError:

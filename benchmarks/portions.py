@@ -1,0 +1,371 @@
+"""Runs in portions (issue 25), measured (not a test): DirectRunner, the near-zero model on the
+scale benchmark's hard-linked JPEGs, and EfficientNet-B3-sized on photo-like JPEGs.
+
+  day1:   day 1 with the default portions at --small, --n and --big URIs: wall time, steady
+          rate, peak RSS (the largest process, as benchmarks.scale reads it, and the whole
+          process tree, sampled), portions committed, and the time between two portions;
+  single: day 1 at --n with --portion_seconds 0 (one job), against day1's --n run;
+  b3:     --photos photos, B3-sized model, default portions against --portion_seconds 0;
+  kill:   a run at --n SIGKILLed (its process group) at --kill_at of its URIs labelled; the
+          rows it committed, the re-run's count (the work left plus the work lost), and every
+          URI in the output exactly once.
+
+python -m benchmarks.portions [--small 100000] [--n 1000000] [--big 3000000] [--photos 3000]
+    [--work DIR] [--phases day1,single,b3,kill]
+(or python -m benchmarks.scale --portions ...). The trees, photos and models in --work are
+kept and reused. Prints one JSON object; figures go to docs/performance.md ("Runs in portions").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from benchmarks.run import ENV
+from benchmarks.scale import BATCH, DISTINCT, SIZE, jpeg, make_tree
+from benchmarks.workload import build_b3, build_trivial, make_photos
+
+DATE = "2026-01-01"
+SUMMARY = re.compile(r"labelled (\d+) of (\d+) images")
+PORTIONS = re.compile(r"([\d,]+) portions? committed")
+PROGRESS = re.compile(r"labelling: ([\d,]+) of ([\d,]+) images")
+PART = re.compile(r"part-(.+)-(\d{5})-of-(\d{5})\.parquet$")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def group_rss(pgid: int) -> tuple[int, int]:
+    """(bytes resident, process count) of every live process in the process group."""
+    total = count = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            if int(fields[2]) != pgid:  # field 5 of stat: the process group
+                continue
+            with open(f"/proc/{name}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+            count += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    return total, count
+
+
+def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
+    """Runs cmd in a process group of its own; samples the group's RSS every 0.25 s. `poll`
+    (called with the stderr file's path at each sample) may return True to SIGKILL the group.
+    Returns wall time, exit code, peak RSS of the largest process (wait4's ru_maxrss, what
+    benchmarks.run.run_child reports), the sampled peak sum over the group, and stderr."""
+    started = time.perf_counter()
+    with tempfile.NamedTemporaryFile("w+b", suffix=".err") as err, tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=err, start_new_session=True)
+        tree_peak = procs = 0
+        killed_at = None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss, count = group_rss(proc.pid)
+            tree_peak, procs = max(tree_peak, rss), max(procs, count)
+            if killed_at is None and poll is not None and poll(err.name):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = time.perf_counter() - started
+            time.sleep(0.25)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode and killed_at is None:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return {
+        "wall_s": round(wall, 1),
+        "exit": proc.returncode,
+        "peak_rss_mib": usage.ru_maxrss // 1024,
+        "tree_peak_rss_mib": tree_peak // 2**20,
+        "processes": procs,
+        "killed_at_s": None if killed_at is None else round(killed_at, 1),
+        "stderr": stderr,
+    }
+
+
+def label_cmd(inputs: str, out: str, model: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        f"--input={inputs}",
+        f"--output={out}",
+        f"--model={model}",
+        f"--date={DATE}",
+        *extra,
+    ]
+
+
+def part_files(out: str) -> list[str]:
+    part = os.path.join(out, "predictions", f"date={DATE}")
+    if not os.path.isdir(part):
+        return []
+    return sorted(os.path.join(part, n) for n in os.listdir(part) if n.endswith(".parquet"))
+
+
+def committed_rows(out: str) -> int:
+    """Prediction rows in the partition's committed files, from their Parquet footers."""
+    total = 0
+    for path in part_files(out):
+        try:
+            total += pq.ParquetFile(path).metadata.num_rows
+        except OSError:  # renamed away between the listing and the read: not there
+            continue
+    return total
+
+
+def by_portion(out: str, before: set[str]) -> dict:
+    """From this run's files: rows and processed_at span of each portion (its files share the
+    portion's run id), the steady rate as benchmarks.scale reads it (10th to 90th percentile
+    of all stamps), and the gaps between one portion's last stamp and the next one's first."""
+    files = [p for p in part_files(out) if p not in before]
+    if not files:
+        return {"labelled": 0}
+    spans: dict[str, list[np.ndarray]] = {}
+    for path in files:
+        found = PART.search(os.path.basename(path))
+        key = found[1] if found else path
+        stamps = pq.read_table(path, columns=["processed_at"]).column(0).cast("int64").to_numpy()
+        spans.setdefault(key, []).append(stamps)
+    every = np.sort(np.concatenate([np.concatenate(s) for s in spans.values()])) / 1e6
+    result: dict = {"labelled": len(every)}
+    if len(every) > 100:
+        lo, hi = np.percentile(every, [10, 90])
+        result["steady_rate"] = round(0.8 * len(every) / (hi - lo), 1)
+    ordered = sorted(
+        (
+            float(np.concatenate(s).min()) / 1e6,
+            float(np.concatenate(s).max()) / 1e6,
+            sum(len(x) for x in s),
+        )
+        for s in spans.values()
+    )
+    gaps = [b[0] - a[1] for a, b in zip(ordered, ordered[1:], strict=False)]
+    result["portion_files"] = len(ordered)
+    result["portion_rows"] = [n for _, _, n in ordered]
+    result["portion_span_s"] = [round(e - s, 1) for s, e, _ in ordered]
+    if gaps:
+        result["gap_s"] = {
+            "n": len(gaps),
+            "median": round(float(np.median(gaps)), 2),
+            "max": round(float(max(gaps)), 2),
+            "sum": round(float(sum(gaps)), 1),
+        }
+    result["first_stamp_to_last_s"] = round(ordered[-1][1] - ordered[0][0], 1)
+    return result
+
+
+def labelled(inputs: str, out: str, model: str, *extra: str, poll=None) -> dict:
+    """One run of the command: run_group's figures, the summary's counts, per-portion spans."""
+    before = set(part_files(out))
+    started = time.time()
+    result = run_group(label_cmd(inputs, out, model, *extra), poll=poll)
+    stderr = result.pop("stderr")
+    lines = [ln for ln in stderr.strip().splitlines() if not ln.startswith("labelling:")]
+    result["summary"] = lines[-1:] if lines else []
+    found = SUMMARY.search(stderr)
+    if found:
+        result["summary_labelled"] = int(found[1])
+    committed = PORTIONS.search(stderr)
+    result["portions_committed"] = int(committed[1].replace(",", "")) if committed else None
+    spans = by_portion(out, before)
+    if "portion_files" in spans and spans["portion_files"]:
+        first = min(
+            pq.read_table(p, columns=["processed_at"]).column(0).cast("int64").to_numpy().min()
+            for p in part_files(out)
+            if p not in before
+        )
+        spans["start_to_first_stamp_s"] = round(first / 1e6 - started, 1)
+    result.update(spans)
+    return result
+
+
+def tree(work: str, name: str, n: int, seeds: str) -> str:
+    """work/name with n hard-linked names (made once: a marker says it is whole)."""
+    root = os.path.join(work, name)
+    marker = root + ".done"
+    if not os.path.exists(marker):
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        make_tree(root, n, seeds)
+        open(marker, "w").close()
+    return root
+
+
+def fresh(path: str) -> str:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def trivial_flags() -> list[str]:
+    return [f"--image_size={SIZE}", f"--batch_size={BATCH}", "--quiet"]
+
+
+def kill_run(inputs: str, out: str, model: str, n: int, at: float) -> dict:
+    """SIGKILL at `at` of n labelled (the progress line), then the same command again."""
+    extra = [f"--image_size={SIZE}", f"--batch_size={BATCH}", "--progress_interval=1"]
+    seen = {"labelled": 0}
+
+    def poll(err_path: str) -> bool:
+        with open(err_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(err_path) - 4096))
+            tail = f.read().decode(errors="replace")
+        found = PROGRESS.findall(tail)
+        if found:
+            seen["labelled"] = int(found[-1][0].replace(",", ""))
+        return seen["labelled"] >= at * n
+
+    first = labelled(inputs, out, model, *extra, poll=poll)
+    kept = committed_rows(out)
+    again = labelled(inputs, out, model, *extra)
+    table = ds.dataset(os.path.join(out, "predictions"), partitioning="hive").to_table(
+        columns=["uri"]
+    )
+    distinct = pc.count_distinct(table.column("uri")).as_py()
+    return {
+        "killed_run": {
+            k: first.get(k)
+            for k in ("killed_at_s", "exit", "peak_rss_mib", "tree_peak_rss_mib", "portion_files")
+        },
+        "labelled_at_kill_progress": seen["labelled"],
+        "committed_at_kill": kept,
+        "lost_in_flight": seen["labelled"] - kept,
+        "rerun": {
+            k: again.get(k)
+            for k in (
+                "wall_s",
+                "exit",
+                "summary_labelled",
+                "portions_committed",
+                "summary",
+                "start_to_first_stamp_s",
+            )
+        },
+        "rerun_labelled_beyond_kill_progress": (again.get("summary_labelled") or 0)
+        - (n - seen["labelled"]),
+        "output_rows": table.num_rows,
+        "output_distinct_uris": distinct,
+        "exactly_once": table.num_rows == distinct == n,
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=100_000)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--big", type=int, default=3_000_000)
+    parser.add_argument("--photos", type=int, default=3000)
+    parser.add_argument("--kill_at", type=float, default=0.75)
+    parser.add_argument("--work", default="/tmp/beam-image-labeler-portions")
+    parser.add_argument("--phases", default="day1,single,b3,kill")
+    args = parser.parse_args(argv)
+    phases = set(args.phases.split(","))
+    os.makedirs(args.work, exist_ok=True)
+    report: dict = {
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": time.ctime(),
+        "load_at_start": os.getloadavg(),
+    }
+    seeds = os.path.join(args.work, "seeds")
+    if not os.path.exists(seeds + ".done"):
+        os.makedirs(seeds, exist_ok=True)
+        for i in range(DISTINCT):
+            jpeg(i, os.path.join(seeds, f"s{i:04d}.jpg"))
+        open(seeds + ".done", "w").close()
+    model = build_trivial(os.path.join(args.work, "near_zero"))
+    t0 = time.perf_counter()
+    trees = {}
+    if phases & {"day1", "single", "kill"}:
+        trees["n"] = tree(args.work, f"t{args.n}", args.n, seeds)
+    if "day1" in phases:
+        trees["small"] = tree(args.work, f"t{args.small}", args.small, seeds)
+        if args.big:
+            trees["big"] = tree(args.work, f"t{args.big}", args.big, seeds)
+    report["make_trees_s"] = round(time.perf_counter() - t0, 1)
+
+    def out(name: str) -> str:
+        return fresh(os.path.join(args.work, "out", name))
+
+    def save() -> None:  # after each run, so a run cut short keeps what it measured
+        with open(os.path.join(args.work, "report.json"), "w") as f:
+            json.dump(report, f, indent=1)
+
+    def day1(n: int, key: str) -> None:
+        result = labelled(f"{trees[key]}/**.jpg", out(f"day1_{n}"), model, *trivial_flags())
+        result["load_after"] = os.getloadavg()
+        report.setdefault("day1_portions", {})[str(n)] = result
+        base = report["day1_portions"].get(str(args.small))
+        if base and n != args.small:
+            report[f"ratio_{n}_steady_rate"] = round(result["steady_rate"] / base["steady_rate"], 3)
+            for k in ("peak_rss_mib", "tree_peak_rss_mib"):
+                report[f"ratio_{n}_{k}"] = round(result[k] / base[k], 3)
+        save()
+
+    # The cheap and the compared runs first, the 3M run (the longest) last.
+    if "day1" in phases:
+        day1(args.small, "small")
+        day1(args.n, "n")
+    if "single" in phases:
+        single = labelled(
+            f"{trees['n']}/**.jpg",
+            out(f"single_{args.n}"),
+            model,
+            *trivial_flags(),
+            "--portion_seconds=0",
+        )
+        single["load_after"] = os.getloadavg()
+        report["single_job"] = single
+        portioned = report.get("day1_portions", {}).get(str(args.n))
+        if portioned:
+            report["ratio_wall_portions_over_single"] = round(
+                portioned["wall_s"] / single["wall_s"], 3
+            )
+        save()
+    if "b3" in phases:
+        photos = os.path.join(args.work, f"photos{args.photos}")
+        if not os.path.exists(photos + ".done"):
+            make_photos(args.photos, photos)
+            open(photos + ".done", "w").close()
+        b3 = build_b3(os.path.join(args.work, "b3"))
+        runs = report["b3"] = {"photos": args.photos}
+        for name, extra in (("portions", []), ("single", ["--portion_seconds=0"])):
+            runs[name] = labelled(f"{photos}/*.jpg", out(f"b3_{name}"), b3, "--quiet", *extra)
+            runs[name]["load_after"] = os.getloadavg()
+            save()
+        runs["ratio_wall"] = round(runs["portions"]["wall_s"] / runs["single"]["wall_s"], 3)
+    if "kill" in phases:
+        report["kill"] = kill_run(
+            f"{trees['n']}/**.jpg", out(f"kill_{args.n}"), model, args.n, args.kill_at
+        )
+        save()
+    if "day1" in phases and "big" in trees:
+        day1(args.big, "big")
+    report["load_at_end"] = os.getloadavg()
+    save()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
