@@ -109,3 +109,18 @@ def test_every_module_path_in_the_readmes_text_exists():
     assert "transforms/vocabulary.py" in quoted  # the search finds what the text names
     missing = sorted(p for p in quoted if not (ROOT / p).is_file())
     assert not missing, f"README names modules that do not exist: {missing}"
+
+
+def test_every_module_of_the_command_is_in_the_layout():
+    """pipeline/ and transforms/ modules (not __init__ or __main__): a new module is named
+    where a newcomer reads the tree."""
+    paths = named_paths()
+    modules = sorted(
+        str(p.relative_to(ROOT))
+        for top in ("pipeline", "transforms")
+        for p in (ROOT / top).rglob("*.py")
+        if not p.name.startswith("__")
+    )
+    assert "transforms/done.py" in modules
+    missing = [m for m in modules if m not in paths]
+    assert not missing, f"README's layout does not name: {missing}"
