@@ -13,11 +13,10 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.graph import classifier
-from pipeline.portions import portions_needed
-from transforms.done import JoinCounts, existing, join
+from pipeline.portions import portions_needed, select_work
+from transforms.done import JoinCounts
 from transforms.feed import Failure, Feeder
 from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.inputs import list_inputs
 from transforms.models.catalog import ModelError
 from transforms.storage.listing import Work
 
@@ -45,15 +44,7 @@ def make_plan(config: Config) -> tuple[Plan, list[Work]]:
     the run's own join (transforms/done.py) on the same listing."""
     plan = Plan()
     works: list[Work] = []
-    done = existing(config.output, config.skip)
-    listed = list_inputs(
-        config.inputs,
-        config.manifest,
-        config.output,
-        config.storage_options,
-        config.manifest_stream,
-    )
-    plan.counts = join(listed, done, config.model_version, works.append)
+    plan.counts = select_work(config, works.append)
     plan.bytes_to_read = sum(max(work[0].size, 0) for work in works)
     plan.unknown_sizes = sum(work[0].size < 0 for work in works)
     return plan, works

@@ -75,22 +75,27 @@ class Spool:
         os.unlink(self.path)
 
 
+def select_work(config: Config, emit: Callable[[Work], None]) -> JoinCounts:
+    """Lists the inputs in this process and joins them with what the output holds (the
+    skip): each work unit left is given to `emit` (the run's spool, --plan's list)."""
+    listed = list_inputs(
+        config.inputs,
+        config.manifest,
+        config.output,
+        config.storage_options,
+        config.manifest_stream,
+    )
+    # One listing names each URI once; a second pattern or a manifest may repeat one.
+    unique = len(config.inputs) == 1 and not config.manifest
+    done = existing(config.output, config.skip)
+    return join(listed, done, config.model_version, emit, unique=unique)
+
+
 def spool_work(config: Config) -> tuple[JoinCounts, Spool]:
-    """Lists the inputs here, joins them with what the output holds (the skip), and spools
-    what is left; the counts are the join's."""
+    """The work left to label (select_work), spooled; the counts are the join's."""
     spool = Spool()
     try:
-        listed = list_inputs(
-            config.inputs,
-            config.manifest,
-            config.output,
-            config.storage_options,
-            config.manifest_stream,
-        )
-        # One listing names each URI once; a second pattern or a manifest may repeat one.
-        unique = len(config.inputs) == 1 and not config.manifest
-        done = existing(config.output, config.skip)
-        counts = join(listed, done, config.model_version, spool.add, unique=unique)
+        counts = select_work(config, spool.add)
     except BaseException:
         spool.close()
         raise

@@ -443,3 +443,32 @@ def test_cluster_pid_files_are_checked(tmp_path):
         for p in (ours, other):
             p.kill()
             p.wait()
+
+
+def test_ctrl_c_keeps_the_committed_portions(cluster, probe_model, tmp_path):
+    """A run in portions (each a Flink job, at --parallelism 2): Ctrl-C once two portions
+    are committed cancels the job in flight and exits 130 saying what is kept; the
+    committed portions stay, and the same command labels only the rest, each URI once."""
+    images = make_images(tmp_path / "images", patches=300)  # 323 inputs: 6 portions of 64
+    out = tmp_path / "out"
+    args = [*cluster_args(cluster, images, out, probe_model), "--portion_seconds=1"]
+    proc = run_flink(*args)
+    deadline = time.monotonic() + 300
+    while len(output_files(str(out), "predictions")) < 2:  # a file a portion: two committed
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "two portions were never committed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    status, err = finish(proc, timeout=120)
+    assert status == 130, err[-3000:]
+    kept = read_rows(str(out), "predictions") + read_rows(str(out), "errors")
+    total = len(images["good"]) + len(images["bad"])
+    assert 128 <= len(kept) < total
+    assert f"stopped; {len(read_rows(str(out), 'predictions')):,} predictions" in err, err
+    assert "Traceback" not in err
+
+    status, err = finish(run_flink(*args))
+    assert status == 0, err[-3000:]
+    assert summary(err)["skipped"] == len(kept)
+    rows = read_rows(str(out), "predictions") + read_rows(str(out), "errors")
+    assert sorted(r["uri"] for r in rows) == sorted(images["good"] + images["bad"])

@@ -41,7 +41,7 @@ def args_for(photos: str, out: str, model: str) -> list[str]:
         f"--model={model}",
         "--image_size=32",
         f"--date={DATE}",
-        "--portion_seconds=0.3",  # small portions: many commits in a few seconds
+        "--portion_seconds=1",  # small portions: several commits in a few seconds
         "--quiet",
     ]
 
