@@ -105,7 +105,6 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
     Stopped on a signal, before any work."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv, prog_name())
-    import_tensorflow_quietly()
     config: Config = prepare(options.view_as(LabelerOptions))
     if config.plan:
         print(plan.format_plan(plan.estimate(config), config))
@@ -269,23 +268,6 @@ def cancel(result) -> None:
             result.cancel()
     except Exception as e:  # noqa: BLE001 - already ended, or the job service is gone
         print(f"{prog_name()}: could not cancel the job: {one_line(str(e))}", file=sys.stderr)
-
-
-def import_tensorflow_quietly() -> None:
-    """TensorFlow prints a dozen C++ lines as it loads (oneDNN, CUDA drivers, a cuInit error
-    on machines without a GPU), before its own log level applies: unless the user set
-    TF_CPP_MIN_LOG_LEVEL, it is imported here with file descriptor 2 pointed at /dev/null."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        import tensorflow  # noqa: F401 - loaded now, silently; later imports reuse it
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 GRACE_SECONDS = 25  # a stop's wait for the portion in flight (schedulers give about 30 s)

@@ -236,9 +236,29 @@ def check_model(handle: str, num_labels: int) -> str:
     return folder
 
 
+def import_tensorflow_quietly() -> None:
+    """TensorFlow prints a dozen C++ lines as it loads (oneDNN, CUDA drivers, a cuInit error
+    on machines without a GPU), before its own log level applies: unless the user set
+    TF_CPP_MIN_LOG_LEVEL, it is imported here with file descriptor 2 pointed at /dev/null.
+    Called when the model is chosen, so a run refused for a bad option or input never pays
+    for the import."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow  # noqa: F401 - loaded now, silently; later imports reuse it
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def choose_model(given: str | None, num_labels: int) -> str:
     """--model as given, checked; without --model, EfficientNet-B3 from TF Hub, or where TF
     Hub cannot be reached, the built-in EfficientNet-Lite0, said in one line on stderr."""
+    import_tensorflow_quietly()
     if given:
         check_model(given, num_labels)
         return given
