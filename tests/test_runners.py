@@ -250,8 +250,9 @@ def test_dockerfile_build_steps_install_the_pinned_packages_and_this_code(tmp_pa
 def test_flex_template_metadata_lists_the_pipeline_options():
     metadata = json.loads((pathlib.Path(ROOT) / "flex_template" / "metadata.json").read_text())
     parameters = {p["name"]: p for p in metadata["parameters"]}
-    # The progress display and --plan are for a terminal on the machine that runs the command.
-    local_only = ("quiet", "progress_interval", "plan", "plan_sample")
+    # The progress display and --plan are for a terminal on the machine that runs the command;
+    # portions are for runners this process waits on (a Dataflow job is one job).
+    local_only = ("quiet", "progress_interval", "plan", "plan_sample", "portion_seconds")
     flags = {k: v for k, v in declared_flags().items() if k not in local_only}
     assert set(parameters) == set(flags)
     for name, parameter in parameters.items():
