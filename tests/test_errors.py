@@ -5,6 +5,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.summary import failure_breakdown
 from tests.images import BAD_KINDS, bad_files
+from transforms import metrics
 from transforms import vocabulary as v
 from transforms.images import decode_and_resize
 from transforms.rows import failure_row
@@ -65,12 +66,12 @@ def test_reasons_belong_to_one_stage_each():
 
 def test_breakdown_groups_by_stage_then_count():
     counts = {
-        "images_read": 10,
-        "failed_decode": 3,
-        "reason:decode:empty file": 1,
-        "reason:decode:not an image": 2,
-        "reason:read:not found": 1,
-        "reason:inference:model failed": 0,
+        metrics.IMAGES_READ: 10,
+        metrics.failed_name("decode"): 3,
+        metrics.reason_name("decode", "empty file"): 1,
+        metrics.reason_name("decode", "not an image"): 2,
+        metrics.reason_name("read", "not found"): 1,
+        metrics.reason_name("inference", "model failed"): 0,
     }
     assert failure_breakdown(counts) == "decode: 2 not an image, 1 empty file; read: 1 not found"
-    assert failure_breakdown({"images_read": 3}) == ""
+    assert failure_breakdown({metrics.IMAGES_READ: 3}) == ""

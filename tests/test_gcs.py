@@ -10,6 +10,7 @@ from google.cloud import storage
 
 from tests.gcs_servers import HOST, free_port
 from tests.runs import cli, config_for, counter_values, read_rows, run_graph
+from transforms import metrics
 
 
 def copy_object(bucket: str, source: str, name: str) -> str:
@@ -104,7 +105,7 @@ def test_manifest_on_gcs_listing_a_missing_object(bucket, gcs_images, probe_mode
     assert sorted(r["uri"] for r in predictions) == listed
     assert [(r["uri"], r["stage"]) for r in errors] == [(missing, "read")]
     assert "NotFound" in errors[0]["error"]
-    assert counter_values(result)["images_read"] == 5
+    assert counter_values(result)[metrics.IMAGES_READ] == 5
 
 
 def test_object_deleted_and_storage_outage_mid_run_lose_nothing(

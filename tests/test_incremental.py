@@ -27,6 +27,7 @@ from tests.runs import (
     signal_at_gate,
     storage_through_gate,
 )
+from transforms import metrics
 from transforms.done import CHANGED, DONE, NEW, verdict
 from transforms.models.catalog import model_version
 from transforms.storage.listing import Listed, content_key
@@ -236,7 +237,7 @@ def test_gcs_generations_identical_objects_and_model_weights(
         return counter_values(result), gcs.requests()[seen:], config
 
     counts, requests, config = label("2026-11-01")
-    assert counts["images_labelled"] == 4 and counts["images_identical"] == 1
+    assert counts[metrics.IMAGES_LABELLED] == 4 and counts[metrics.IMAGES_IDENTICAL] == 1
     media = [r for r in requests if f"/download/storage/v1/b/{bucket}/o/in%2F" in r]
     assert len(media) == 3, media  # p0 and its copy: one read
     first = {r["uri"]: r for r in read_rows(out, "predictions")}
@@ -250,13 +251,13 @@ def test_gcs_generations_identical_objects_and_model_weights(
 
     target.blob("in/p1.jpg").upload_from_string(photo(11))  # a new generation
     counts, _, _ = label("2026-11-02")
-    assert counts["images_labelled"] == 1 and counts["images_changed"] == 1
-    assert counts["images_skipped"] == 3
+    assert counts[metrics.IMAGES_LABELLED] == 1 and counts[metrics.IMAGES_CHANGED] == 1
+    assert counts[metrics.IMAGES_SKIPPED] == 3
 
     for local in pathlib.Path(failing_model).rglob("*"):  # new weights under the same name
         if local.is_file():
             name = f"model/{local.relative_to(failing_model)}"
             target.blob(name).upload_from_filename(str(local))
     counts, _, config = label("2026-11-03")
-    assert counts["images_labelled"] == 4, "a model whose content changed labels all again"
+    assert counts[metrics.IMAGES_LABELLED] == 4, "a model whose content changed labels all again"
     assert config.model_version == model_version(failing_model)

@@ -10,6 +10,7 @@ from pipeline.graph import build_pipeline
 from tests.images import patch_image
 from tests.runs import config_for, counter_values, run_graph
 from tests.savedmodels import expected_probe_logits, probe_class
+from transforms import metrics
 from transforms.postprocess import top_k
 
 
@@ -51,11 +52,11 @@ def test_every_uri_lands_exactly_once(image_dir, probe_model, probe_labels, tmp_
     assert {r["date"] for r in predictions + errors} == {"2024-03-01"}
 
     counts = counter_values(result)
-    assert counts["images_read"] == len(expected_good) + len(expected_bad)
-    assert counts["images_labelled"] == len(expected_good)
-    assert counts["failed_read"] == 1
-    assert counts["failed_decode"] == len(image_dir["bad"])
-    assert counts.get("failed_inference", 0) == 0
+    assert counts[metrics.IMAGES_READ] == len(expected_good) + len(expected_bad)
+    assert counts[metrics.IMAGES_LABELLED] == len(expected_good)
+    assert counts[metrics.failed_name("read")] == 1
+    assert counts[metrics.failed_name("decode")] == len(image_dir["bad"])
+    assert counts.get(metrics.failed_name("inference"), 0) == 0
     assert counts["num_inferences"] == len(expected_good)  # RunInference's own, same namespace
 
 
@@ -127,7 +128,7 @@ def test_failed_inference_batches_become_error_rows(image_dir, failing_model, tm
     assert {r["uri"] for r in predictions} == set(others)
     assert [(r["uri"], r["stage"]) for r in errors] == [(str(black), "inference")]
     assert "black image in batch" in errors[0]["error"]
-    assert counter_values(result)["failed_inference"] == 1
+    assert counter_values(result)[metrics.failed_name("inference")] == 1
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])

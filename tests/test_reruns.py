@@ -17,6 +17,7 @@ from tests.runs import (
     signal_at_gate,
     storage_through_gate,
 )
+from transforms import metrics
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
 
@@ -65,8 +66,8 @@ def test_resume_repeat_and_crash_debris(images_and_output, probe_model, tmp_path
 
     # Run 2 over everything labels only the other half.
     second_run, counts = label(f"--input={images['root']}/**")
-    assert counts["images_skipped"] == len(first_half)
-    assert counts["images_read"] == len(everything) - len(first_half)
+    assert counts[metrics.IMAGES_SKIPPED] == len(first_half)
+    assert counts[metrics.IMAGES_READ] == len(everything) - len(first_half)
     assert labelled_uris(out) == everything  # exactly once each
     rows = read_rows(out, "predictions") + read_rows(out, "errors")
     assert {r["uri"] for r in rows if r["run_id"] == first_run} == set(first_half)
@@ -75,8 +76,8 @@ def test_resume_repeat_and_crash_debris(images_and_output, probe_model, tmp_path
     # Run 3, the same command again: nothing to do, nothing written.
     files_before = output_files(out, "predictions") + output_files(out, "errors")
     _, counts = label(f"--input={images['root']}/**")
-    assert counts["images_skipped"] == len(everything)
-    assert counts.get("images_read", 0) == 0
+    assert counts[metrics.IMAGES_SKIPPED] == len(everything)
+    assert counts.get(metrics.IMAGES_READ, 0) == 0
     assert output_files(out, "predictions") + output_files(out, "errors") == files_before
     assert labelled_uris(out) == everything
 
