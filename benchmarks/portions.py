@@ -6,12 +6,14 @@ scale benchmark's hard-linked JPEGs, and EfficientNet-B3-sized on photo-like JPE
           process tree, sampled), portions committed, and the time between two portions;
   single: day 1 at --n with --portion_seconds 0 (one job), against day1's --n run;
   b3:     --photos photos, B3-sized model, default portions against --portion_seconds 0;
+  gap:    a run of 2 x --gap_portion URIs in two full portions, each step timed in the
+          process (HARNESS): what the time between two portions is made of;
   kill:   a run at --n SIGKILLed (its process group) at --kill_at of its URIs labelled; the
           rows it committed, the re-run's count (the work left plus the work lost), and every
           URI in the output exactly once.
 
 python -m benchmarks.portions [--small 100000] [--n 1000000] [--big 3000000] [--photos 3000]
-    [--work DIR] [--phases day1,single,b3,kill]
+    [--work DIR] [--phases day1,single,b3,kill,gap] [--gap_portion 100000]
 (or python -m benchmarks.scale --portions ...). The trees, photos and models in --work are
 kept and reused. Prints one JSON object; figures go to docs/performance.md ("Runs in portions").
 """
@@ -271,6 +273,88 @@ def kill_run(inputs: str, out: str, model: str, n: int, at: float) -> dict:
     }
 
 
+# Runs the command in this process with timestamps around a run in portions' steps (nothing
+# in the pipeline changes; the first portion is made GAP_PORTION work units, so that every
+# portion is a full one): what the time between two portions is made of.
+HARNESS = """
+import functools, sys, time
+log = open(sys.argv[1], "a")
+def mark(name):
+    log.write(f"{time.time():.3f} {name}\\n"); log.flush()
+def around(owner, attr, name):
+    f = getattr(owner, attr)
+    @functools.wraps(f)
+    def wrapped(*a, **k):
+        mark(name + " start")
+        try:
+            return f(*a, **k)
+        finally:
+            mark(name + " end")
+    setattr(owner, attr, wrapped)
+import pipeline.portions as portions, pipeline.run as run, transforms.feed as feed
+import transforms.output as output
+portions.FIRST_PORTION = int(sys.argv[2])
+around(portions, "spool_work", "list+join+spool")
+around(portions.Spool, "take", "take")
+around(run, "build_pipeline", "build_pipeline")
+around(run, "remove_temp", "remove_temp")
+around(output.ParquetSink, "flush", "parquet_flush")
+state = {"first": True, "last": 0.0}
+process = feed.ReadAndDecode.process
+def counted(self, work):
+    if state["first"]:
+        state["first"] = False
+        mark("first ReadAndDecode element")
+    state["last"] = time.time()
+    return process(self, work)
+feed.ReadAndDecode.process = counted
+def job(self, pipeline):
+    state["first"] = True
+    mark("pipeline.run start")
+    self.current = pipeline.run()
+    mark("pipeline.run returned")
+    self.current.wait_until_finish()
+    log.write(f"{state['last']:.3f} last ReadAndDecode element\\n")
+    mark("wait_until_finish end")
+    self.add(run.summary.counters(self.current))
+    self.finished += 1
+run.Jobs.run = job
+sys.argv = ["pipeline.run", *sys.argv[3:]]
+run.main()
+"""
+
+
+def gap_breakdown(work: str, seeds: str, model: str, per_portion: int) -> dict:
+    """A run of 2 x per_portion URIs in two full portions, timed step by step (HARNESS)."""
+    root = tree(work, f"t{2 * per_portion}", 2 * per_portion, seeds)
+    out = fresh(os.path.join(work, "out", "gap"))
+    log = os.path.join(work, "gap.log")
+    if os.path.exists(log):
+        os.unlink(log)
+    cmd = label_cmd(f"{root}/**.jpg", out, model, *trivial_flags())
+    started = time.time()
+    result = run_group([sys.executable, "-c", HARNESS, log, str(per_portion), *cmd[3:]])
+    events = []
+    with open(log) as f:
+        for line in f:
+            at, name = line.rstrip("\n").split(" ", 1)
+            events.append((float(at), name))
+    for path in part_files(out):
+        found = PART.search(os.path.basename(path))
+        stamps = pq.read_table(path, columns=["processed_at"]).column(0).cast("int64").to_numpy()
+        portion = found[1][-5:] if found else path  # part-<run id>-<portion>-SSSSS-of-NNNNN
+        events.append((stamps.min() / 1e6, f"portion {portion}: first prediction stamp"))
+        events.append((stamps.max() / 1e6, f"portion {portion}: last prediction stamp"))
+    events.sort()
+    return {
+        "per_portion": per_portion,
+        "wall_s": result["wall_s"],
+        "peak_rss_mib": result["peak_rss_mib"],
+        "summary": result["stderr"].strip().splitlines()[-1:],
+        "events_s": [[round(at - started, 2), name] for at, name in events],
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=100_000)
@@ -279,7 +363,8 @@ def main(argv=None) -> None:
     parser.add_argument("--photos", type=int, default=3000)
     parser.add_argument("--kill_at", type=float, default=0.75)
     parser.add_argument("--work", default="/tmp/beam-image-labeler-portions")
-    parser.add_argument("--phases", default="day1,single,b3,kill")
+    parser.add_argument("--phases", default="day1,single,b3,kill,gap")
+    parser.add_argument("--gap_portion", type=int, default=100_000)
     args = parser.parse_args(argv)
     phases = set(args.phases.split(","))
     os.makedirs(args.work, exist_ok=True)
@@ -362,6 +447,8 @@ def main(argv=None) -> None:
         save()
     if "day1" in phases and "big" in trees:
         day1(args.big, "big")
+    if "gap" in phases:
+        report["gap"] = gap_breakdown(args.work, seeds, model, args.gap_portion)
     report["load_at_end"] = os.getloadavg()
     save()
     print(json.dumps(report, indent=1))

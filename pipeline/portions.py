@@ -5,7 +5,6 @@ resumes from the rows committed (transforms/done.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import tempfile
@@ -25,14 +24,19 @@ FIRST_PORTION = 64
 # At most this many work units a portion, whatever the rate: DirectRunner holds a portion's
 # elements in memory (about 1 KiB each), so a run's memory does not grow with its input.
 MAX_PORTION = 100_000
+# A portion's work units travel inside its job's graph (beam.Create): a job submitted to a
+# job service (Flink) keeps that message to a few MB.
+MAX_SUBMITTED_PORTION = 20_000
 
 
-def next_portion_size(works: int, seconds: float, target_seconds: float) -> int:
+def next_portion_size(
+    works: int, seconds: float, target_seconds: float, most: int = MAX_PORTION
+) -> int:
     """Work units for the next portion: what the last one's rate (`works` in `seconds`,
-    its fixed costs included) does in target_seconds, from FIRST_PORTION to MAX_PORTION."""
+    its fixed costs included) does in target_seconds, from FIRST_PORTION to `most`."""
     if works <= 0 or seconds <= 0:
         return FIRST_PORTION
-    return max(FIRST_PORTION, min(MAX_PORTION, round(works / seconds * target_seconds)))
+    return max(FIRST_PORTION, min(most, round(works / seconds * target_seconds)))
 
 
 def portions_needed(to_read: int, seconds_per_read: float, target_seconds: float) -> int:
@@ -113,41 +117,14 @@ def join_counters(counts: JoinCounts) -> dict[str, int]:
     }
 
 
-@dataclasses.dataclass
-class Progress:
-    """What the run in portions has done so far: counters summed over the committed
-    portions' jobs, and how many portions committed."""
-
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    committed: int = 0
-
-    def add(self, counts: dict[str, int]) -> None:
-        for name, n in counts.items():
-            self.counts[name] = self.counts.get(name, 0) + n
-        self.committed += 1
-
-
-def portions(spool: Spool, target_seconds: float, clock=time.monotonic) -> Iterator[list[Work]]:
+def portions(
+    spool: Spool, target_seconds: float, most: int = MAX_PORTION, clock=time.monotonic
+) -> Iterator[list[Work]]:
     """The spool's work, portion by portion, each sized from the rate of the one before
-    (the generator is resumed when a portion has been committed)."""
+    (the generator is resumed when a portion has been committed), at most `most`."""
     size = FIRST_PORTION
     while spool.taken < spool.count:
         started = clock()
         portion = spool.take(size)
         yield portion
-        size = next_portion_size(len(portion), clock() - started, target_seconds)
-
-
-def run_portions(
-    spool: Spool,
-    target_seconds: float,
-    run_portion: Callable[[int, list[Work]], dict[str, int]],
-    should_stop: Callable[[], bool],
-    progress: Progress,
-) -> None:
-    """Runs each portion's job (run_portion(index, work) -> its counters), committing as it
-    goes, until the spool is empty or a stop is asked for between two portions."""
-    for index, portion in enumerate(portions(spool, target_seconds)):
-        if should_stop():
-            return
-        progress.add(run_portion(index, portion))
+        size = next_portion_size(len(portion), clock() - started, target_seconds, most)

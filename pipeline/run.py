@@ -167,12 +167,14 @@ def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> Non
     """Lists and joins here, then runs one job per portion, each committing its rows as it
     ends, until the work is done or a stop is asked for (STOP: raised as Stopped)."""
     counts, spool = portions.spool_work(config)
+    in_process = runs_in_this_process(options)
+    most = portions.MAX_PORTION if in_process else portions.MAX_SUBMITTED_PORTION
     jobs.add(portions.join_counters(counts))
     jobs.in_portions = True
     metrics.LIVE.add(metrics.QUEUED, counts.to_label)
     STOP.graceful = True  # from here a stop keeps what the portion in flight finishes
     try:
-        for index, work in enumerate(portions.portions(spool, config.portion_seconds)):
+        for index, work in enumerate(portions.portions(spool, config.portion_seconds, most)):
             if STOP.requested:
                 break
             portion = Portion(work, f"{config.run_id}-{index:05d}")
@@ -181,7 +183,7 @@ def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> Non
             jobs.run(pipeline)
             with contextlib.suppress(Exception):  # debris in _temp/ harms nothing (README)
                 remove_temp(config.output, portion.run_id)
-            if not config.quiet and not runs_in_this_process(options):  # no live progress line
+            if not config.quiet and not in_process:  # no live progress line here
                 done = jobs.counts.get(metrics.IMAGES_LABELLED, 0) + metrics.failed_total(
                     jobs.counts
                 )
@@ -192,7 +194,7 @@ def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> Non
                 )
     finally:
         spool.close()
-    if STOP.requested:
+    if STOP.requested and spool.taken < spool.count:  # work left that no portion took
         raise Stopped(STOP.requested)
 
 
