@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.runs import ROOT, cli, output_files, read_rows
-from transforms.done import PartFileError, check_partitions
+from transforms.done import SKIP_DATE, PartFileError, check_partitions, existing, skip_policy
 from transforms.inputs import glob_regex, match_pattern
 from transforms.manifests import (
     InputError,
@@ -270,7 +270,8 @@ BAD_PARTS = {
     "empty": (lambda p: p.write_bytes(b""), "not a readable Parquet file"),
     "text": (lambda p: p.write_text("uri\n/x/a.jpg\n"), "not a readable Parquet file"),
     "truncated": (truncated_parquet, "not a readable Parquet file"),
-    "no uri": (lambda p: pq.write_table(pa.table({"x": [1]}), p), "has no string 'uri' column"),
+    "no uri": (lambda p: pq.write_table(pa.table({"x": [1]}), p), "has no 'uri' column"),
+    "int uri": (lambda p: pq.write_table(pa.table({"uri": [1]}), p), "'uri' column of int64"),
 }
 
 
@@ -302,3 +303,24 @@ def test_whole_partition_files_pass_the_check(tmp_path):
             pa.Table.from_pylist([row] if row else [], schema=schema), part_file(out, kind)
         )
     check_partitions(str(out), DATE)  # raises if either were refused
+
+
+def test_partition_files_other_tools_rewrote_are_read_as_output(tmp_path):
+    """A 'uri' column as large_string (Polars writes it so) or dictionary-encoded, with other
+    columns and codecs, is output like the job's own: checked, and its URIs done."""
+    out = tmp_path / "out"
+    uris = ["/x/a.jpg", "/x/b.jpg", "/x/a.jpg"]
+    folder = out / "predictions" / f"date={DATE}"
+    folder.mkdir(parents=True)
+    for i, (column, codec) in enumerate(
+        [
+            (pa.array(uris, pa.large_string()), "zstd"),
+            (pa.array(uris).dictionary_encode(), "gzip"),
+            (pa.array(uris, pa.string()), "none"),
+        ]
+    ):
+        table = pa.table({"extra": [1, 2, 3], "uri": column})
+        pq.write_table(table, folder / f"part-x-{i}.parquet", compression=codec, row_group_size=1)
+    check_partitions(str(out), DATE)
+    found = existing(str(out), skip_policy(SKIP_DATE, DATE))
+    assert sorted(found) == ["/x/a.jpg", "/x/b.jpg"] and len(found["/x/a.jpg"]) == 6

@@ -73,16 +73,27 @@ def read_part_file(path: str, columns: list[str] | None = None) -> pa.Table:
         raise _unreadable(path, f"is not a readable Parquet file ({error_line(e)})") from None
 
 
+def holds_text(kind: pa.DataType) -> bool:
+    """A column type that holds URIs: string or large_string (Polars, DuckDB and Spark
+    rewrite files with either), plain or dictionary-encoded."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def check_part_file(path: str) -> None:
-    """Reads one partition file's footer: Parquet with a string 'uri' column (what a re-run
-    reads to skip what is done), else PartFileError naming it."""
+    """Reads one partition file's footer: Parquet with a text 'uri' column (what a re-run
+    reads to skip what is done; other columns, compression and row groups as any tool
+    wrote them), else PartFileError naming it and the type found."""
     try:
         with FileSystems.open(path) as f:
             schema = pq.ParquetFile(f).schema_arrow
     except Exception as e:  # empty, not Parquet, truncated
         raise _unreadable(path, f"is not a readable Parquet file ({error_line(e)})") from None
-    if "uri" not in schema.names or not pa.types.is_string(schema.field("uri").type):
-        raise _unreadable(path, "has no string 'uri' column")
+    if "uri" not in schema.names:
+        raise _unreadable(path, "has no 'uri' column")
+    if not holds_text(schema.field("uri").type):
+        raise _unreadable(path, f"has a 'uri' column of {schema.field('uri').type}, not text")
 
 
 def done_files(root: str, dates: str | None) -> list[str]:
