@@ -328,3 +328,25 @@ def test_a_listed_checksum_is_crc32c_else_md5_else_none():
     assert gcs.listed_blob("b", blob).checksum == ""
     blob.crc32c = "c"
     assert gcs.listed_blob("b", blob).checksum == "crc32c:c"
+
+
+def test_folder_placeholders_are_not_listed_as_inputs(memory_emulator):
+    """The zero-byte 'name/' objects the Cloud Console's "Create folder" makes are left out,
+    as local folders are; an empty file and a non-empty object named with '/' stay."""
+    from google.cloud import storage
+
+    target = storage.Client().bucket("listed")
+    for name, data in [
+        ("photos/", b""),
+        ("photos/2026/", b""),
+        ("photos/2026/a.jpg", b"jpeg"),
+        ("photos/empty.jpg", b""),
+        ("photos/odd/", b"bytes"),
+    ]:
+        target.blob(name).upload_from_string(data)
+    listed = [item.uri for item in gcs.list_objects("gs://listed/photos/", {})]
+    assert listed == [
+        "gs://listed/photos/2026/a.jpg",
+        "gs://listed/photos/empty.jpg",
+        "gs://listed/photos/odd/",
+    ]

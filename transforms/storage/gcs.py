@@ -155,13 +155,20 @@ def check_buckets(uris: Iterable[str | None], options: Mapping | Any) -> None:
 
 def list_objects(prefix_uri: str, options: Mapping | Any) -> Iterator[Listed]:
     """The objects under gs://bucket/prefix, in name order, with the job's credentials:
-    PAGE_SIZE a request, only the fields a Listed needs."""
+    PAGE_SIZE a request, only the fields a Listed needs. A folder placeholder (a zero-byte
+    object whose name ends in '/', as the Cloud Console's "Create folder" makes) is not
+    content, as a local folder is not: it is left out."""
     bucket, prefix = split_gcs(prefix_uri)
     blobs = access(options).client.list_blobs(
         bucket, prefix=prefix or None, page_size=PAGE_SIZE, fields=LIST_FIELDS
     )
     for blob in blobs:
-        yield listed_blob(bucket, blob)
+        if not is_folder_placeholder(blob.name, blob.size):
+            yield listed_blob(bucket, blob)
+
+
+def is_folder_placeholder(name: str, size: int | str | None) -> bool:
+    return name.endswith("/") and size is not None and int(size) == 0
 
 
 def listed_blob(bucket: str, blob: Any) -> Listed:
