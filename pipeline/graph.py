@@ -16,7 +16,6 @@ from transforms.models.handler import ImageClassifierHandler
 from transforms.output import WRITE_STEPS, WritePartition
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
 from transforms.rows import ERROR_SCHEMA, MODEL_VERSION, PREDICTION_SCHEMA, PREPROCESS
-from transforms.storage.listing import Work
 from transforms.vocabulary import ERRORS, PREDICTIONS
 
 
@@ -28,10 +27,10 @@ class LabelOutputs:
 
 @dataclasses.dataclass(frozen=True)
 class Portion:
-    """One portion of a run in portions: its work units, and the id its files are named by
-    (the run's id and the portion's number, so that every committed file says its run)."""
+    """One portion of a run in portions: where its job gets its work units, and the id its
+    files are named by (the run's id and the portion's number: each file says its run)."""
 
-    work: list[Work]
+    source: beam.PTransform
     run_id: str
 
 
@@ -73,7 +72,7 @@ def build_pipeline(
     if portion is None:
         work = select_work(pipeline, config)
     else:
-        work = pipeline | "Portion" >> beam.Create(portion.work)
+        work = pipeline | "Portion" >> portion.source
     run_id = config.run_id if portion is None else portion.run_id
     decoded = work | "ReadAndDecode" >> beam.ParDo(
         ReadAndDecode(

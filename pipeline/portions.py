@@ -5,11 +5,15 @@ resumes from the rows committed (transforms/done.py)."""
 
 from __future__ import annotations
 
+import array
+import dataclasses
 import os
 import pickle
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+
+import apache_beam as beam
 
 from pipeline.config import Config
 from transforms import metrics
@@ -49,34 +53,75 @@ def portions_needed(to_read: int, seconds_per_read: float, target_seconds: float
     return 1 + -(-rest // size)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpoolSlice:
+    """`count` work units of a spool file from byte `offset`: a portion, read where it runs."""
+
+    path: str
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self) -> Iterator[Work]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            for _ in range(self.count):
+                yield pickle.load(f)
+
+
 class Spool:
     """Work units on local disk, written once and read back in order, portion by portion: the
     run's memory holds one portion, not the whole input. The file goes with close()."""
 
     def __init__(self):
         fd, self.path = tempfile.mkstemp(prefix="labeler-work-", suffix=".pickle")
-        self._file = os.fdopen(fd, "w+b")
+        self._file = os.fdopen(fd, "wb")
+        self._offsets = array.array("q")  # where each work unit starts: 8 bytes each
         self.count = 0
         self.taken = 0
 
     def add(self, work: Work) -> None:
+        self._offsets.append(self._file.tell())
         pickle.dump(work, self._file, protocol=pickle.HIGHEST_PROTOCOL)
         self.count += 1
 
-    def rewind(self) -> None:
-        self._file.flush()
-        self._file.seek(0)
+    def seal(self) -> None:
+        """Written: from here on it is read."""
+        self._file.close()
 
-    def take(self, n: int) -> list[Work]:
+    def take(self, n: int) -> SpoolSlice:
         """The next n work units (fewer at the end)."""
         n = min(n, self.count - self.taken)
-        out = [pickle.load(self._file) for _ in range(n)]
+        offset = self._offsets[self.taken] if n else 0
         self.taken += n
-        return out
+        return SpoolSlice(self.path, offset, n)
 
     def close(self) -> None:
         self._file.close()
         os.unlink(self.path)
+
+
+class ReadSlice(beam.PTransform):
+    """A portion's work units, read from the spool by the job itself: nothing of them travels
+    in the graph, and each one flows straight into the next stage (a job in this process,
+    where the spool file is)."""
+
+    def __init__(self, portion: SpoolSlice):
+        super().__init__()
+        self._portion = portion
+
+    def expand(self, pipeline):
+        return pipeline | beam.Create([self._portion]) | beam.FlatMap(SpoolSlice.read)
+
+
+def work_source(portion: SpoolSlice, in_process: bool) -> beam.PTransform:
+    """How a portion's job gets its work: from the spool in this process (ReadSlice), or,
+    for a job submitted to a job service (Flink), inside its graph, spread over workers."""
+    if in_process:
+        return ReadSlice(portion)
+    return beam.Create(list(portion.read()))
 
 
 def select_work(config: Config, emit: Callable[[Work], None]) -> JoinCounts:
@@ -103,7 +148,7 @@ def spool_work(config: Config) -> tuple[JoinCounts, Spool]:
     except BaseException:
         spool.close()
         raise
-    spool.rewind()
+    spool.seal()
     return counts, spool
 
 
@@ -119,7 +164,7 @@ def join_counters(counts: JoinCounts) -> dict[str, int]:
 
 def portions(
     spool: Spool, target_seconds: float, most: int = MAX_PORTION, clock=time.monotonic
-) -> Iterator[list[Work]]:
+) -> Iterator[SpoolSlice]:
     """The spool's work, portion by portion, each sized from the rate of the one before
     (the generator is resumed when a portion has been committed), at most `most`."""
     size = FIRST_PORTION

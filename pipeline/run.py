@@ -177,7 +177,8 @@ def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> Non
         for index, work in enumerate(portions.portions(spool, config.portion_seconds, most)):
             if STOP.requested:
                 break
-            portion = Portion(work, f"{config.run_id}-{index:05d}")
+            source = portions.work_source(work, in_process)
+            portion = Portion(source, f"{config.run_id}-{index:05d}")
             pipeline = beam.Pipeline(options=options)
             build_pipeline(pipeline, config, portion)
             jobs.run(pipeline)

@@ -19,10 +19,12 @@ def test_the_spool_gives_back_every_work_unit_in_order_and_goes_when_closed():
     works = [(Listed(f"/p/{i}\udcff.jpg", i, f"{i}:1"),) for i in range(250)]
     for work in works:
         spool.add(work)
-    spool.rewind()
-    got = spool.take(100) + spool.take(100) + spool.take(100)
-    assert got == works and spool.taken == spool.count == 250
-    assert spool.take(5) == []
+    spool.seal()
+    slices = [spool.take(100) for _ in range(3)]
+    assert [len(s) for s in slices] == [100, 100, 50]
+    got = [work for s in reversed(slices) for work in reversed(list(s.read()))]
+    assert got[::-1] == works and spool.taken == spool.count == 250  # each slice on its own
+    assert list(spool.take(5).read()) == []
     spool.close()
     assert not os.path.exists(spool.path)
 
@@ -38,7 +40,7 @@ def test_portions_follow_the_rate_the_clock_measures():
     spool = Spool()
     for i in range(1000):
         spool.add((Listed(f"/p/{i}"),))
-    spool.rewind()
+    spool.seal()
     now = [0.0]
     sizes = []
     for portion in portions(spool, target_seconds=10, most=150, clock=lambda: now[0]):
