@@ -13,4 +13,4 @@ fi
 .venv/bin/ruff format --check .
 # Two workers, each test file on one of them (a file's servers and cluster stay together):
 # the suite waits on servers and child processes as much as it computes.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
