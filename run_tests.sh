@@ -12,5 +12,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Two workers, each test file on one of them (a file's servers and cluster stay together):
-# the suite waits on servers and child processes as much as it computes.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
+# the suite waits on servers and child processes as much as it computes. Files go to the
+# workers in the order tests/conftest.py gives (longest first), not by their number of tests.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
+  --durations=20 "$@"

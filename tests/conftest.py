@@ -38,10 +38,33 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 SERVER_FIXTURES = {"gcs", "bucket", "metadata_server"}
 
 
+# The files that take longest, longest first (docs/testing.md, the slowest tests): run_tests.sh
+# hands files to its two workers in this order, so that the last file to start is a short one
+# and the workers end together.
+LONGEST_FIRST = (
+    "test_flink.py",
+    "test_faults.py",
+    "test_incremental.py",
+    "test_portions_runs.py",
+    "test_exit_status.py",
+    "test_output_paths.py",
+    "test_reads.py",
+    "test_manifests.py",
+    "test_gcs.py",
+    "test_reruns.py",
+)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order is pytest's
 
 
 @pytest.fixture(scope="session")
