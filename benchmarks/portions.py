@@ -1,6 +1,7 @@
 """Runs in portions (issue 25), measured (not a test): DirectRunner, the near-zero model on the
 scale benchmark's hard-linked JPEGs, and EfficientNet-B3-sized on photo-like JPEGs.
 
+  big:    only day1's --big run (against the --small run of an earlier invocation);
   day1:   day 1 with the default portions at --small, --n and --big URIs: wall time, steady
           rate, peak RSS (the largest process, as benchmarks.scale reads it, and the whole
           process tree, sampled), portions committed, and the time between two portions;
@@ -76,6 +77,7 @@ def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
     with tempfile.NamedTemporaryFile("w+b", suffix=".err") as err, tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=err, start_new_session=True)
         tree_peak = procs = 0
+        series = []  # (seconds, group RSS MiB) every 10 s: does memory grow portion by portion?
         killed_at = None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -83,6 +85,9 @@ def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
                 break
             rss, count = group_rss(proc.pid)
             tree_peak, procs = max(tree_peak, rss), max(procs, count)
+            now = time.perf_counter() - started
+            if not series or now - series[-1][0] >= 10:
+                series.append((round(now), rss // 2**20))
             if killed_at is None and poll is not None and poll(err.name):
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = time.perf_counter() - started
@@ -99,6 +104,7 @@ def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
         "peak_rss_mib": usage.ru_maxrss // 1024,
         "tree_peak_rss_mib": tree_peak // 2**20,
         "processes": procs,
+        "rss_every_10s_mib": series,
         "killed_at_s": None if killed_at is None else round(killed_at, 1),
         "stderr": stderr,
     }
@@ -368,7 +374,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     phases = set(args.phases.split(","))
     os.makedirs(args.work, exist_ok=True)
-    report: dict = {
+    saved = os.path.join(args.work, "report.json")
+    report: dict = {}
+    if os.path.exists(saved):  # an earlier invocation's figures in this --work: added to
+        with open(saved) as f:
+            report = json.load(f)
+    report |= {
         "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.ctime(),
         "load_at_start": os.getloadavg(),
@@ -384,17 +395,20 @@ def main(argv=None) -> None:
     trees = {}
     if phases & {"day1", "single", "kill"}:
         trees["n"] = tree(args.work, f"t{args.n}", args.n, seeds)
+    if "big" in phases:
+        trees["big"] = tree(args.work, f"t{args.big}", args.big, seeds)
     if "day1" in phases:
         trees["small"] = tree(args.work, f"t{args.small}", args.small, seeds)
         if args.big:
             trees["big"] = tree(args.work, f"t{args.big}", args.big, seeds)
-    report["make_trees_s"] = round(time.perf_counter() - t0, 1)
+    if trees:
+        report["make_trees_s"] = round(time.perf_counter() - t0, 1)  # 0 when kept from before
 
     def out(name: str) -> str:
         return fresh(os.path.join(args.work, "out", name))
 
     def save() -> None:  # after each run, so a run cut short keeps what it measured
-        with open(os.path.join(args.work, "report.json"), "w") as f:
+        with open(saved, "w") as f:
             json.dump(report, f, indent=1)
 
     def day1(n: int, key: str) -> None:
@@ -445,7 +459,7 @@ def main(argv=None) -> None:
             f"{trees['n']}/**.jpg", out(f"kill_{args.n}"), model, args.n, args.kill_at
         )
         save()
-    if "day1" in phases and "big" in trees:
+    if {"day1", "big"} & phases and "big" in trees:
         day1(args.big, "big")
     if "gap" in phases:
         report["gap"] = gap_breakdown(args.work, seeds, model, args.gap_portion)

@@ -195,7 +195,7 @@ def run_in_portions(options: PipelineOptions, config: Config, jobs: Jobs) -> Non
                 )
     finally:
         spool.close()
-    if STOP.requested and spool.taken < spool.count:  # work left that no portion took
+    if STOP.requested:  # the portion in flight committed; none after it started
         raise Stopped(STOP.requested)
 
 
