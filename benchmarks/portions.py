@@ -6,7 +6,8 @@ scale benchmark's hard-linked JPEGs, and EfficientNet-B3-sized on photo-like JPE
           rate, peak RSS (the largest process, as benchmarks.scale reads it, and the whole
           process tree, sampled), portions committed, and the time between two portions;
   single: day 1 at --n with --portion_seconds 0 (one job), against day1's --n run;
-  b3:     --photos photos, B3-sized model, default portions against --portion_seconds 0;
+  b3:     --photos photos, B3-sized model, default portions against --portion_seconds 0
+          (b3_reversed: the same in the other order);
   gap:    a run of 2 x --gap_portion URIs in two full portions, each step timed in the
           process (HARNESS): what the time between two portions is made of;
   kill:   a run at --n SIGKILLed (its process group) at --kill_at of its URIs labelled; the
@@ -68,12 +69,20 @@ def group_rss(pgid: int) -> tuple[int, int]:
     return total, count
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores; /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
     """Runs cmd in a process group of its own; samples the group's RSS every 0.25 s. `poll`
     (called with the stderr file's path at each sample) may return True to SIGKILL the group.
     Returns wall time, exit code, peak RSS of the largest process (wait4's ru_maxrss, what
     benchmarks.run.run_child reports), the sampled peak sum over the group, and stderr."""
-    started = time.perf_counter()
+    started, busy = time.perf_counter(), busy_cpu_seconds()
     with tempfile.NamedTemporaryFile("w+b", suffix=".err") as err, tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=err, start_new_session=True)
         tree_peak = procs = 0
@@ -94,6 +103,7 @@ def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
             time.sleep(0.25)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - started
+        busy = busy_cpu_seconds() - busy
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     if proc.returncode and killed_at is None:
@@ -104,6 +114,9 @@ def run_group(cmd: list[str], poll=None, env: dict | None = None) -> dict:
         "peak_rss_mib": usage.ru_maxrss // 1024,
         "tree_peak_rss_mib": tree_peak // 2**20,
         "processes": procs,
+        # Cores the run used on average, and those everything else on the machine used.
+        "cores_used": round((usage.ru_utime + usage.ru_stime) / wall, 2),
+        "others_cores": round((busy - usage.ru_utime - usage.ru_stime) / wall, 2),
         "rss_every_10s_mib": series,
         "killed_at_s": None if killed_at is None else round(killed_at, 1),
         "stderr": stderr,
@@ -371,6 +384,9 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="/tmp/beam-image-labeler-portions")
     parser.add_argument("--phases", default="day1,single,b3,kill,gap")
     parser.add_argument("--gap_portion", type=int, default=100_000)
+    parser.add_argument(
+        "--big_stop", type=int, default=0, help="SIGKILL the --big run once it committed this many"
+    )
     args = parser.parse_args(argv)
     phases = set(args.phases.split(","))
     os.makedirs(args.work, exist_ok=True)
@@ -411,8 +427,21 @@ def main(argv=None) -> None:
         with open(saved, "w") as f:
             json.dump(report, f, indent=1)
 
-    def day1(n: int, key: str) -> None:
-        result = labelled(f"{trees[key]}/**.jpg", out(f"day1_{n}"), model, *trivial_flags())
+    def day1(n: int, key: str, stop_at: int = 0) -> None:
+        root = out(f"day1_{n}")
+        poll = None
+        if stop_at:  # SIGKILL once stop_at rows are committed (the portions after are not run)
+            rows: dict[str, int] = {}
+
+            def poll(_err: str) -> bool:
+                for path in part_files(root):
+                    if path not in rows:
+                        rows[path] = pq.ParquetFile(path).metadata.num_rows
+                return sum(rows.values()) >= stop_at
+
+        result = labelled(f"{trees[key]}/**.jpg", root, model, *trivial_flags(), poll=poll)
+        if stop_at:
+            result["stopped_after_committing"] = stop_at
         result["load_after"] = os.getloadavg()
         report.setdefault("day1_portions", {})[str(n)] = result
         base = report["day1_portions"].get(str(args.small))
@@ -442,14 +471,16 @@ def main(argv=None) -> None:
                 portioned["wall_s"] / single["wall_s"], 3
             )
         save()
-    if "b3" in phases:
+    # b3: portions, then one job; b3_reversed: one job, then portions (with b3: ABBA).
+    for phase in [p for p in ("b3", "b3_reversed") if p in phases]:
         photos = os.path.join(args.work, f"photos{args.photos}")
         if not os.path.exists(photos + ".done"):
             make_photos(args.photos, photos)
             open(photos + ".done", "w").close()
         b3 = build_b3(os.path.join(args.work, "b3"))
-        runs = report["b3"] = {"photos": args.photos}
-        for name, extra in (("portions", []), ("single", ["--portion_seconds=0"])):
+        runs = report[phase] = {"photos": args.photos}
+        order = [("portions", []), ("single", ["--portion_seconds=0"])]
+        for name, extra in order[:: -1 if phase == "b3_reversed" else 1]:
             runs[name] = labelled(f"{photos}/*.jpg", out(f"b3_{name}"), b3, "--quiet", *extra)
             runs[name]["load_after"] = os.getloadavg()
             save()
@@ -460,7 +491,7 @@ def main(argv=None) -> None:
         )
         save()
     if {"day1", "big"} & phases and "big" in trees:
-        day1(args.big, "big")
+        day1(args.big, "big", args.big_stop)
     if "gap" in phases:
         report["gap"] = gap_breakdown(args.work, seeds, model, args.gap_portion)
     report["load_at_end"] = os.getloadavg()
