@@ -374,6 +374,41 @@ def gap_breakdown(work: str, seeds: str, model: str, per_portion: int) -> dict:
     }
 
 
+def create_cost(n: int) -> dict:
+    """What a portion's first step costs on DirectRunner for n work units, apart from any
+    image: beam.Create of n one-input Work tuples (as pipeline/graph.py makes it, with its
+    Reshuffle; and without) into a no-op, and pickling them (the spool's take). Run in a
+    fresh process: python -c 'from benchmarks.portions import create_cost; ...'."""
+    import logging
+    import pickle
+
+    import apache_beam as beam
+
+    from transforms.storage.listing import Listed
+
+    logging.getLogger().setLevel(logging.ERROR)
+    work = [
+        (Listed(f"/tmp/x/d{i // 1000:04d}/p{i:07d}.jpg", 1234, f"1234:{i}", ""),) for i in range(n)
+    ]
+    result: dict = {"n": n}
+    t0 = time.perf_counter()
+    data = [pickle.dumps(w, protocol=pickle.HIGHEST_PROTOCOL) for w in work]
+    result["pickle_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    _ = [pickle.loads(d) for d in data]
+    result["unpickle_s"] = round(time.perf_counter() - t0, 2)
+    for reshuffle in (True, False):
+        t0 = time.perf_counter()
+        pipeline = beam.Pipeline(runner="DirectRunner")
+        _ = pipeline | beam.Create(work, reshuffle=reshuffle) | beam.Map(lambda w: None)
+        built = time.perf_counter()
+        pipeline.run().wait_until_finish()
+        done = time.perf_counter()
+        key = "create_reshuffle" if reshuffle else "create_no_reshuffle"
+        result[key] = {"build_s": round(built - t0, 2), "run_s": round(done - built, 2)}
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=100_000)
@@ -388,6 +423,15 @@ def main(argv=None) -> None:
         "--big_stop", type=int, default=0, help="SIGKILL the --big run once it committed this many"
     )
     args = parser.parse_args(argv)
+
+    def told(signum, _frame):  # on a shared machine: say what ended the benchmark
+        print(
+            f"benchmarks.portions: {signal.Signals(signum).name} at {time.ctime()}", file=sys.stderr
+        )
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, told)
     phases = set(args.phases.split(","))
     os.makedirs(args.work, exist_ok=True)
     saved = os.path.join(args.work, "report.json")
@@ -451,7 +495,8 @@ def main(argv=None) -> None:
                 report[f"ratio_{n}_{k}"] = round(result[k] / base[k], 3)
         save()
 
-    # The cheap and the compared runs first, the 3M run (the longest) last.
+    # In this order: day 1 at --small and --n, the one job at --n, the kill, the --big run,
+    # the gap, the B3 pairs.
     if "day1" in phases:
         day1(args.small, "small")
         day1(args.n, "n")
@@ -471,6 +516,15 @@ def main(argv=None) -> None:
                 portioned["wall_s"] / single["wall_s"], 3
             )
         save()
+    if "kill" in phases:
+        report["kill"] = kill_run(
+            f"{trees['n']}/**.jpg", out(f"kill_{args.n}"), model, args.n, args.kill_at
+        )
+        save()
+    if {"day1", "big"} & phases and "big" in trees:
+        day1(args.big, "big", args.big_stop)
+    if "gap" in phases:
+        report["gap"] = gap_breakdown(args.work, seeds, model, args.gap_portion)
     # b3: portions, then one job; b3_reversed: one job, then portions (with b3: ABBA).
     for phase in [p for p in ("b3", "b3_reversed") if p in phases]:
         photos = os.path.join(args.work, f"photos{args.photos}")
@@ -485,15 +539,6 @@ def main(argv=None) -> None:
             runs[name]["load_after"] = os.getloadavg()
             save()
         runs["ratio_wall"] = round(runs["portions"]["wall_s"] / runs["single"]["wall_s"], 3)
-    if "kill" in phases:
-        report["kill"] = kill_run(
-            f"{trees['n']}/**.jpg", out(f"kill_{args.n}"), model, args.n, args.kill_at
-        )
-        save()
-    if {"day1", "big"} & phases and "big" in trees:
-        day1(args.big, "big", args.big_stop)
-    if "gap" in phases:
-        report["gap"] = gap_breakdown(args.work, seeds, model, args.gap_portion)
     report["load_at_end"] = os.getloadavg()
     save()
     print(json.dumps(report, indent=1))

@@ -25,8 +25,8 @@ from transforms.storage.listing import Work
 # portion's fixed cost (its job's start and end, about a second on DirectRunner) stays small
 # beside its work however short --portion_seconds is.
 FIRST_PORTION = 64
-# At most this many work units a portion, whatever the rate: DirectRunner holds a portion's
-# elements in memory (about 1 KiB each), so a run's memory does not grow with its input.
+# At most this many work units a portion, whatever the rate: what DirectRunner holds between
+# a job's stages grows with its portion, never with the run's input.
 MAX_PORTION = 100_000
 # A portion's work units travel inside its job's graph (beam.Create): a job submitted to a
 # job service (Flink) keeps that message to a few MB.

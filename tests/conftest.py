@@ -43,6 +43,7 @@ SERVER_FIXTURES = {"gcs", "bucket", "metadata_server"}
 # and the workers end together.
 LONGEST_FIRST = (
     "test_flink.py",
+    "test_flink_recovery.py",
     "test_faults.py",
     "test_incremental.py",
     "test_portions_runs.py",

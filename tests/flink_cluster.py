@@ -19,8 +19,11 @@ import time
 import urllib.request
 
 import pytest
+from PIL import Image
 
 from tests.gcs_servers import free_port
+from tests.images import SAMPLES, SAMPLES_DIR, bad_files, encode, patch_image
+from tests.savedmodels import probe_class
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "scripts" / "flink_cluster.sh"
@@ -278,3 +281,54 @@ def _address(hex_address: str) -> str:
     if raw[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped
         return ".".join(str(b) for b in raw[12:])
     return raw.hex()
+
+
+DATE = "2025-07-01"
+COMMON = ["--image_size=32", f"--date={DATE}", "--max_error_ratio=1", "--quiet"]
+
+
+def by_uri(rows: list[dict]) -> dict[str, dict]:
+    uris = [r["uri"] for r in rows]
+    assert len(uris) == len(set(uris)), "a URI was written twice"
+    return {r["uri"]: r for r in rows}
+
+
+def make_images(root, patches: int) -> dict:
+    """Photo crops (JPEG), lit-patch PNGs whose top class is known, and the bad files."""
+    root.mkdir(parents=True)
+    good, expected, bad = [], {}, []
+    for name in SAMPLES:
+        photo = Image.open(SAMPLES_DIR / f"{name}.jpg")
+        for j, box in enumerate([(0, 0, 200, 150), (100, 50, 400, 300), None]):
+            path = root / f"{name}_{j}.jpg"
+            path.write_bytes(encode(photo.crop(box) if box else photo, "JPEG", quality=90))
+            good.append(str(path))
+    for i in range(patches):
+        row, col, channel = (i // 4) % 4, i % 4, (i // 16) % 3
+        path = root / f"patch_{i:04d}.png"
+        path.write_bytes(encode(Image.fromarray(patch_image(64, row, col, channel)), "PNG"))
+        good.append(str(path))
+        expected[str(path)] = probe_class(row, col, channel)
+    for name, data in bad_files((SAMPLES_DIR / "cat.jpg").read_bytes()).items():
+        (root / name).write_bytes(data)
+        bad.append(str(root / name))
+    return {"root": root, "good": good, "expected": expected, "bad": bad}
+
+
+def cluster_args(flink: FlinkCluster, images: dict, out, model: str) -> list[str]:
+    return [
+        f"--flink_master={flink.master}",
+        f"--worker_command={flink.worker_command}",
+        f"--input={images['root']}/*",
+        f"--output={out}",
+        f"--model={model}",
+        "--parallelism=2",
+        *COMMON,
+    ]
+
+
+def labelling_vertex(flink: FlinkCluster, job_id: str) -> dict | None:
+    for vertex in flink.rest(f"/jobs/{job_id}")["vertices"]:
+        if "RunInference" in vertex["name"]:
+            return vertex
+    return None
