@@ -364,7 +364,7 @@ def gap_breakdown(work: str, seeds: str, model: str, per_portion: int) -> dict:
         portion = found[1][-5:] if found else path  # part-<run id>-<portion>-SSSSS-of-NNNNN
         events.append((stamps.min() / 1e6, f"portion {portion}: first prediction stamp"))
         events.append((stamps.max() / 1e6, f"portion {portion}: last prediction stamp"))
-    events.sort()
+    events.sort(key=lambda e: e[0])  # stable: the log is in order; stamps fall between
     return {
         "per_portion": per_portion,
         "wall_s": result["wall_s"],
@@ -376,9 +376,10 @@ def gap_breakdown(work: str, seeds: str, model: str, per_portion: int) -> dict:
 
 def create_cost(n: int) -> dict:
     """What a portion's first step costs on DirectRunner for n work units, apart from any
-    image: beam.Create of n one-input Work tuples (as pipeline/graph.py makes it, with its
-    Reshuffle; and without) into a no-op, and pickling them (the spool's take). Run in a
-    fresh process: python -c 'from benchmarks.portions import create_cost; ...'."""
+    image, as pipeline/graph.py made it before portions on DirectRunner read their work from
+    the spool inside the job: beam.Create of n one-input Work tuples (with its Reshuffle; and
+    without) into a no-op, and pickling them. Run in a fresh process:
+    python -c 'from benchmarks.portions import create_cost; print(create_cost(100_000))'."""
     import logging
     import pickle
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import io
 import os
 import pickle
 import tempfile
@@ -55,29 +56,30 @@ def portions_needed(to_read: int, seconds_per_read: float, target_seconds: float
 
 @dataclasses.dataclass(frozen=True)
 class SpoolSlice:
-    """`count` work units of a spool file from byte `offset`: a portion, read where it runs."""
+    """`count` work units, `size` bytes of a spool's file from byte `offset`: a portion, read
+    where it runs (this process: `fd` is the spool's open, already unlinked file)."""
 
-    path: str
+    fd: int
     offset: int
+    size: int
     count: int
 
     def __len__(self) -> int:
         return self.count
 
     def read(self) -> Iterator[Work]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            for _ in range(self.count):
-                yield pickle.load(f)
+        data = io.BytesIO(os.pread(self.fd, self.size, self.offset))
+        for _ in range(self.count):
+            yield pickle.load(data)
 
 
 class Spool:
     """Work units on local disk, written once and read back in order, portion by portion: the
-    run's memory holds one portion, not the whole input. The file goes with close()."""
+    run's memory holds one portion, not the whole input. The file has no name (a crash, even
+    SIGKILL, leaves nothing behind) and goes with close()."""
 
     def __init__(self):
-        fd, self.path = tempfile.mkstemp(prefix="labeler-work-", suffix=".pickle")
-        self._file = os.fdopen(fd, "wb")
+        self._file = tempfile.TemporaryFile(prefix="labeler-work-")  # noqa: SIM115 - close()
         self._offsets = array.array("q")  # where each work unit starts: 8 bytes each
         self.count = 0
         self.taken = 0
@@ -89,18 +91,18 @@ class Spool:
 
     def seal(self) -> None:
         """Written: from here on it is read."""
-        self._file.close()
+        self._file.flush()
+        self._offsets.append(self._file.tell())  # where the last one ends
 
     def take(self, n: int) -> SpoolSlice:
         """The next n work units (fewer at the end)."""
         n = min(n, self.count - self.taken)
-        offset = self._offsets[self.taken] if n else 0
+        start, end = self._offsets[self.taken], self._offsets[self.taken + n]
         self.taken += n
-        return SpoolSlice(self.path, offset, n)
+        return SpoolSlice(self._file.fileno(), start, end - start, n)
 
     def close(self) -> None:
         self._file.close()
-        os.unlink(self.path)
 
 
 class ReadSlice(beam.PTransform):
@@ -169,6 +171,9 @@ def portions(
     (the generator is resumed when a portion has been committed), at most `most`."""
     size = FIRST_PORTION
     while spool.taken < spool.count:
+        left = spool.count - spool.taken
+        if left - size < FIRST_PORTION:  # a last portion this small would be mostly fixed cost
+            size = left
         started = clock()
         portion = spool.take(size)
         yield portion

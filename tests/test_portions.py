@@ -14,7 +14,7 @@ from pipeline.portions import (
 from transforms.storage.listing import Listed
 
 
-def test_the_spool_gives_back_every_work_unit_in_order_and_goes_when_closed():
+def test_the_spool_gives_back_every_work_unit_in_order_and_leaves_no_file():
     spool = Spool()
     works = [(Listed(f"/p/{i}\udcff.jpg", i, f"{i}:1"),) for i in range(250)]
     for work in works:
@@ -25,8 +25,9 @@ def test_the_spool_gives_back_every_work_unit_in_order_and_goes_when_closed():
     got = [work for s in reversed(slices) for work in reversed(list(s.read()))]
     assert got[::-1] == works and spool.taken == spool.count == 250  # each slice on its own
     assert list(spool.take(5).read()) == []
+    fd = slices[0].fd
+    assert os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")  # nothing to leave behind
     spool.close()
-    assert not os.path.exists(spool.path)
 
 
 def test_a_portion_holds_target_seconds_at_the_last_rate_within_bounds():
@@ -49,6 +50,7 @@ def test_portions_follow_the_rate_the_clock_measures():
     spool.close()
     assert sizes[0] == FIRST_PORTION and sum(sizes) == 1000
     assert set(sizes[1:-1]) == {150}  # 10 s at 20 a second, at most 150
+    assert sizes[-1] == 150 + 36  # what is left after it, too little for a portion, joins it
 
 
 def test_plan_counts_the_portions_the_run_will_have():
