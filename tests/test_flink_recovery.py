@@ -124,7 +124,7 @@ def test_ctrl_c_keeps_the_committed_portions(cluster, probe_model, tmp_path):
     """A run in portions (each a Flink job, at --parallelism 2): Ctrl-C once two portions
     are committed cancels the job in flight and exits 130 saying what is kept; the
     committed portions stay, and the same command labels only the rest, each URI once."""
-    images = make_images(tmp_path / "images", patches=150)  # 173 inputs: 64, 64 and 45
+    images = make_images(tmp_path / "images", patches=200)  # 223 inputs: 64, 64 and 95
     out = tmp_path / "out"
     args = [*cluster_args(cluster, images, out, probe_model), "--portion_seconds=1"]
     proc = run_flink(*args)
