@@ -183,3 +183,21 @@ def gcs_images(image_dir, bucket) -> dict:
         "patches": {upload(p): v for p, v in image_dir["patches"].items()},
         "bad": {upload(p): v for p, v in image_dir["bad"].items()},
     }
+
+
+@pytest.fixture(scope="module")
+def jar() -> str:
+    """Beam's Flink job-server jar (fetched with Maven the first time), for a Flink test file."""
+    from tests.flink_cluster import job_server_jar
+
+    return job_server_jar()
+
+
+@pytest.fixture(scope="module")
+def cluster(jar, tmp_path_factory):
+    """A Flink cluster on 127.0.0.1 for one test file: one TaskManager of two slots."""
+    from tests.flink_cluster import FlinkCluster
+
+    flink = FlinkCluster(tmp_path_factory.mktemp("cluster"), taskmanagers=1, slots=2).start()
+    yield flink
+    flink.stop()

@@ -21,7 +21,6 @@ from tests.flink_cluster import (
     by_uri,
     cluster_args,
     finish,
-    job_server_jar,
     listening_addresses,
     make_images,
     process_tree,
@@ -32,11 +31,6 @@ from tests.gcs_servers import free_port
 from tests.runs import cli, output_files, read_rows
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def jar():
-    return job_server_jar()
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +47,6 @@ def reference(images, probe_model, tmp_path_factory) -> dict:
     seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"out": str(out), "summary": summary(proc.stderr), "seconds": seconds}
-
-
-@pytest.fixture(scope="module")
-def cluster(jar, tmp_path_factory):
-    flink = FlinkCluster(tmp_path_factory.mktemp("cluster"), taskmanagers=1, slots=2).start()
-    yield flink
-    flink.stop()
 
 
 def assert_same_output(out: str, reference_out: str) -> None:

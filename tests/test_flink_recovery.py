@@ -22,7 +22,6 @@ from tests.flink_cluster import (
     cluster_args,
     finish,
     group_members,
-    job_server_jar,
     labelling_vertex,
     make_images,
     pid_files,
@@ -33,18 +32,6 @@ from tests.flink_cluster import (
 from tests.runs import read_rows
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def jar():
-    return job_server_jar()
-
-
-@pytest.fixture(scope="module")
-def cluster(jar, tmp_path_factory):
-    flink = FlinkCluster(tmp_path_factory.mktemp("cluster"), taskmanagers=1, slots=2).start()
-    yield flink
-    flink.stop()
 
 
 def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
