@@ -124,16 +124,19 @@ class FlinkCluster:
         taskmanagers = [pid for name, pid in self.pids.items() if name.startswith("taskmanager")]
         return [pid for pid in process_tree(taskmanagers) if pid not in taskmanagers]
 
-    def hold_workers(self, proc: subprocess.Popen, timeout: float = 300) -> list[int]:
+    def hold_workers(
+        self, proc: subprocess.Popen, timeout: float = 300, ignore: frozenset = frozenset()
+    ) -> list[int]:
         """Stops (SIGSTOP) the SDK workers as soon as the first has started, and any they
         started meanwhile: from then on the job cannot progress, let alone finish, until
-        release_workers. A point in the job a test holds it at, whatever the machine's speed."""
+        release_workers. A point in the job a test holds it at, whatever the machine's speed.
+        `ignore`: workers of an earlier job, which may not have exited yet."""
         deadline = time.monotonic() + timeout
         held: list[int] = []
         while not held:
             assert proc.poll() is None and time.monotonic() < deadline, "no SDK worker started"
             time.sleep(0.05)
-            while fresh := [pid for pid in self.sdk_workers() if pid not in held]:
+            while fresh := [p for p in self.sdk_workers() if p not in held and p not in ignore]:
                 for pid in fresh:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGSTOP)
@@ -145,6 +148,38 @@ class FlinkCluster:
         for pid in held:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def cancel_a_held_job(
+    cluster: FlinkCluster, proc: subprocess.Popen, send, before: set, ignore=frozenset()
+) -> tuple[str, int, str]:
+    """Once run_flink.sh's (proc's) next job, the first not in `before`, runs, holds it there
+    (its SDK workers stopped, those in `ignore` aside, so it cannot finish first), calls
+    send() (the signal), waits until Flink reports the job CANCELLING or CANCELED and lets
+    the workers go. Returns (job id, exit status, stderr)."""
+    job = None
+    deadline = time.monotonic() + 300
+    while job is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
+    assert job, "the job never reached the cluster"
+    path = f"/jobs/{job['jid']}"
+    held = cluster.hold_workers(proc, ignore=ignore)
+    try:
+        assert cluster.rest(path)["state"] == "RUNNING"
+        send()
+        deadline = time.monotonic() + 60
+        while (state := cluster.rest(path)["state"]) not in ("CANCELLING", "CANCELED"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                _, err = proc.communicate(timeout=30)
+                raise AssertionError(f"the job was not cancelled (still {state}):\n{err[-3000:]}")
+            time.sleep(0.1)
+    finally:
+        cluster.release_workers(held)
+    status, err = finish(proc, timeout=120)
+    return job["jid"], status, err
 
 
 def pid_files(folder: pathlib.Path) -> dict[str, int]:

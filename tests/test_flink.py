@@ -1,12 +1,11 @@
 """The pipeline on a real Flink cluster (JobManager and TaskManager JVMs on 127.0.0.1, Beam's
 Flink job server, each TaskManager starting its own SDK workers) at --parallelism 2, through
 the job server and as one uber jar, and on Beam's embedded [local] Flink, against
-DirectRunner; a TaskManager SIGKILLed while the job labels; Ctrl-C cancelling the Flink job;
-the cluster script refusing a taken port or a cluster still running."""
+DirectRunner; SIGTERM cancelling the Flink job through REST; a cluster that is not there or
+too small. (Runs that lose work: tests/test_flink_recovery.py.)"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -17,8 +16,8 @@ import pytest
 
 from tests.flink_cluster import (
     COMMON,
-    FlinkCluster,
     by_uri,
+    cancel_a_held_job,
     cluster_args,
     finish,
     listening_addresses,
@@ -136,58 +135,6 @@ def test_embedded_local_flink_labels_as_direct_runner_does(
     print(f"\n[local] Flink {time.monotonic() - started:.1f} s (run_flink.sh, whole command)")
 
 
-def cancel_a_held_job(cluster: FlinkCluster, args, send) -> tuple[str, int, str]:
-    """Starts run_flink.sh ARGS; once its job runs, holds it there (its SDK workers stopped, so
-    it cannot finish first), calls send(proc) (the signal), waits until Flink reports the job
-    CANCELLING or CANCELED and lets the workers go. Returns (job id, exit status, stderr)."""
-    before = {j["jid"] for j in cluster.jobs()}
-    proc = run_flink(*args)
-    job = None
-    deadline = time.monotonic() + 300
-    while job is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = next((j for j in cluster.jobs() if j["jid"] not in before), None)
-    assert job, "the job never reached the cluster"
-    path = f"/jobs/{job['jid']}"
-    held = cluster.hold_workers(proc)
-    try:
-        assert cluster.rest(path)["state"] == "RUNNING"
-        send(proc)
-        deadline = time.monotonic() + 60
-        while (state := cluster.rest(path)["state"]) not in ("CANCELLING", "CANCELED"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                _, err = proc.communicate(timeout=30)
-                raise AssertionError(f"the job was not cancelled (still {state}):\n{err[-3000:]}")
-            time.sleep(0.1)
-    finally:
-        cluster.release_workers(held)
-    status, err = finish(proc, timeout=120)
-    return job["jid"], status, err
-
-
-def test_ctrl_c_cancels_the_flink_job(cluster, images, reference, probe_model, tmp_path):
-    """SIGINT to the whole process group (what Ctrl-C on a terminal sends) while the job runs,
-    held there (its SDK workers stopped until the cancel is under way, so it cannot finish
-    first): the Flink job ends CANCELED, not FINISHED, before run_flink.sh exits; the same
-    command afterwards labels the set exactly once."""
-    out = tmp_path / "out"
-    args = cluster_args(cluster, images, out, probe_model)
-    job_id, status, err = cancel_a_held_job(
-        cluster, args, lambda proc: os.killpg(proc.pid, signal.SIGINT)
-    )
-    assert status == 130, err[-3000:]
-    # Cancelled before the command returned, said in one line; no traceback.
-    assert cluster.rest(f"/jobs/{job_id}")["state"] == "CANCELED"
-    assert f"run_flink.sh: cancelled Flink job {job_id} (CANCELED)" in err
-    assert "Traceback" not in err, err[-3000:]
-
-    status, err = finish(run_flink(*args))
-    assert status == 0, err[-3000:]
-    assert_same_output(str(out), reference["out"])
-
-
 def test_sigterm_with_a_running_job_server_cancels_through_rest(
     cluster, jar, images, probe_model, tmp_path
 ):
@@ -212,10 +159,10 @@ def test_sigterm_with_a_running_job_server_cancels_through_rest(
                 assert server.poll() is None and time.monotonic() < deadline, "no job server"
                 time.sleep(0.5)
         args = cluster_args(cluster, images, tmp_path / "out", probe_model)
+        before = {j["jid"] for j in cluster.jobs()}
+        proc = run_flink(f"--job_endpoint=127.0.0.1:{port}", *args)
         job_id, status, err = cancel_a_held_job(
-            cluster,
-            [f"--job_endpoint=127.0.0.1:{port}", *args],
-            lambda proc: os.kill(proc.pid, signal.SIGTERM),
+            cluster, proc, lambda: os.kill(proc.pid, signal.SIGTERM), before
         )
         assert status == 143, err[-3000:]
         assert cluster.rest(f"/jobs/{job_id}")["state"] == "CANCELED"

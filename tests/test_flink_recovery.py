@@ -1,5 +1,6 @@
 """Flink runs that lose work and get it back: a TaskManager SIGKILLed while the job labels,
-Ctrl-C on a run in portions (each a Flink job) keeping the committed ones; and the cluster
+Ctrl-C on a run in portions (each a Flink job) cancelling the one in flight and keeping the
+committed ones; and the cluster
 script refusing a taken port or a cluster still running. Apart from tests/test_flink.py so the
 two files run on two workers."""
 
@@ -19,6 +20,7 @@ from tests.flink_cluster import (
     FlinkCluster,
     alive,
     by_uri,
+    cancel_a_held_job,
     cluster_args,
     finish,
     group_members,
@@ -39,12 +41,13 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
     spread); one running a labelling subtask is SIGKILLed once images have reached it.
     Flink restarts the failed region in the two slots left, the command counts the
     restarts, and every URI is written once. (With one slot each, the job would wait for a
-    new TaskManager: a region of this batch job needs both slots at once.)"""
+    new TaskManager: a region of this batch job needs both slots at once.) One job
+    (--portion_seconds=0): a portion's job recovers as any job does."""
     images = make_images(tmp_path / "images", patches=1500)
     flink = FlinkCluster(tmp_path / "cluster", taskmanagers=2, slots=2).start()
     try:
         out = tmp_path / "out"
-        args = cluster_args(flink, images, out, probe_model)
+        args = [*cluster_args(flink, images, out, probe_model), "--portion_seconds=0"]
         proc = run_flink(*args)
         killed = victim = job_id = None
         deadline = time.monotonic() + 300
@@ -74,7 +77,6 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
 
         job = flink.rest(f"/jobs/{job_id}")
         history = flink.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-        # The run's last job says the state and the restarts of all its jobs (one a portion).
         restarts = re.search(r"Flink job \w+ (\w+); (\d+) restarts?", err)
         print(
             f"\nTaskManager {victim} killed with the labelling task running ({killed[1]} records "
@@ -107,33 +109,56 @@ def test_taskmanager_killed_while_labelling(jar, probe_model, tmp_path):
         assert predictions[uri]["class_ids"][0] == top
 
 
-def test_ctrl_c_keeps_the_committed_portions(cluster, probe_model, tmp_path):
-    """A run in portions (each a Flink job, at --parallelism 2): Ctrl-C once two portions
-    are committed cancels the job in flight and exits 130 saying what is kept; the
-    committed portions stay, and the same command labels only the rest, each URI once."""
-    images = make_images(tmp_path / "images", patches=200)  # 223 inputs: 64, 64 and 95
+def test_ctrl_c_cancels_the_job_in_flight_and_keeps_the_committed_portions(
+    cluster, probe_model, tmp_path
+):
+    """A run in portions (each a Flink job, at --parallelism 2). Once the first portion is
+    committed, the second job is held running (its SDK workers stopped, so it cannot finish
+    first) and the whole process group gets SIGINT, as Ctrl-C on a terminal sends: the Flink
+    job ends CANCELED before run_flink.sh exits 130 saying what is kept (the first portion,
+    no more); the same command labels only the rest, each URI once, each patch as expected."""
+    images = make_images(tmp_path / "images", patches=110)  # 133 inputs: portions of 64 and 69
     out = tmp_path / "out"
     args = [*cluster_args(cluster, images, out, probe_model), "--portion_seconds=1"]
+    before = {j["jid"] for j in cluster.jobs()}
     proc = run_flink(*args)
+    first_job_workers: set[int] = set()  # seen before the first commit: none is the second's
     deadline = time.monotonic() + 300
-    while len(read_rows(str(out), "predictions") + read_rows(str(out), "errors")) < 128:
+    while True:
+        workers = cluster.sdk_workers()
+        if read_rows(str(out), "predictions") + read_rows(str(out), "errors"):
+            break
+        first_job_workers.update(workers)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "two portions were never committed"
+        assert time.monotonic() < deadline, "the first portion was never committed"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    status, err = finish(proc, timeout=120)
+    (first,) = [j["jid"] for j in cluster.jobs() if j["jid"] not in before]
+    job_id, status, err = cancel_a_held_job(
+        cluster,
+        proc,
+        lambda: os.killpg(proc.pid, signal.SIGINT),
+        before | {first},
+        ignore=frozenset(first_job_workers),
+    )
     assert status == 130, err[-3000:]
-    kept = read_rows(str(out), "predictions") + read_rows(str(out), "errors")
-    total = len(images["good"]) + len(images["bad"])
-    assert 128 <= len(kept) < total
-    assert f"stopped; {len(read_rows(str(out), 'predictions')):,} predictions" in err, err
-    assert "Traceback" not in err
+    assert cluster.rest(f"/jobs/{job_id}")["state"] == "CANCELED"
+    assert cluster.rest(f"/jobs/{first}")["state"] == "FINISHED"
+    assert f"run_flink.sh: cancelled Flink job {job_id} (CANCELED)" in err, err[-3000:]
+    predictions, errors = (read_rows(str(out), kind) for kind in ("predictions", "errors"))
+    assert len(predictions) + len(errors) == 64  # the first portion, whole
+    assert f"stopped; {len(predictions):,} predictions and {len(errors):,} error rows" in err
+    assert "Traceback" not in err, err[-3000:]
 
     status, err = finish(run_flink(*args))
     assert status == 0, err[-3000:]
-    assert summary(err)["skipped"] == len(kept)
-    rows = read_rows(str(out), "predictions") + read_rows(str(out), "errors")
-    assert sorted(r["uri"] for r in rows) == sorted(images["good"] + images["bad"])
+    assert summary(err)["skipped"] == 64
+    predictions = by_uri(read_rows(str(out), "predictions"))
+    errors = by_uri(read_rows(str(out), "errors"))
+    assert sorted(predictions) == sorted(images["good"])
+    assert sorted(errors) == sorted(images["bad"])
+    assert len(read_rows(str(out), "predictions")) == len(predictions)  # each URI once
+    for uri, top in images["expected"].items():
+        assert predictions[uri]["class_ids"][0] == top
 
 
 def test_cluster_start_refuses_a_taken_port(tmp_path):

@@ -132,7 +132,7 @@ def copy_model_locally(uri: str, cache_root: str | None = None) -> str:
 
 
 def resolve_model_dir(handle: str) -> str:
-    """The local folder hub.load is given on a worker: locate(), with a remote folder copied
+    """The local folder a worker loads the model from: locate(), with a remote folder copied
     to local disk once."""
     folder = locate(handle)
     return copy_model_locally(folder) if is_remote_file_uri(folder) else folder
@@ -240,9 +240,19 @@ def import_tensorflow_quietly() -> None:
     """TensorFlow prints a dozen C++ lines as it loads (oneDNN, CUDA drivers, a cuInit error
     on machines without a GPU), before its own log level applies: unless the user set
     TF_CPP_MIN_LOG_LEVEL, it is imported here with file descriptor 2 pointed at /dev/null.
-    Called when the model is chosen, so a run refused for a bad option or input never pays
-    for the import."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    Called when the model is chosen (and on a worker before it loads the model), so a run
+    refused for a bad option or input never pays for the import.
+
+    TensorFlow also imports a Keras as it loads; unless the user chose, the Keras 2 that TF
+    Hub needs anyway (tf_keras, TF_USE_LEGACY_KERAS=1), not Keras 3, which imports
+    matplotlib with it (a second more of every start). Restoring a SavedModel needs
+    neither."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow  # noqa: F401
+
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)

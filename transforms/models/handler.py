@@ -15,15 +15,18 @@ from transforms.models.catalog import (
     ModelError,
     ModelOutputError,
     check_label_count,
+    import_tensorflow_quietly,
     resolve_model_dir,
 )
 
 
 def load_module(handle: str) -> Any:
-    """Any --model value (catalog.resolve_model_dir) -> the restored module."""
-    import tensorflow_hub as hub
+    """Any --model value (catalog.resolve_model_dir) -> the restored module. The folder is a
+    TF2 SavedModel, which is what hub.load restores too; TF Hub itself (a second of imports)
+    is imported only to download a handle (catalog.locate)."""
+    import tensorflow as tf
 
-    return hub.load(resolve_model_dir(handle))
+    return tf.saved_model.load(resolve_model_dir(handle))
 
 
 def configure_gpus(require_gpu: bool = False) -> None:
@@ -96,7 +99,7 @@ _LOADED: dict[tuple, Callable] = {}
 
 
 class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable]):
-    """Loads a TF2 SavedModel image classifier with hub.load; input uint8 (N, S, S, 3).
+    """Loads a TF2 SavedModel image classifier; input uint8 (N, S, S, 3).
 
     The uint8 -> float32 [0, 1] conversion runs inside the compiled call, so images travel
     (and queue, and go to the GPU) at a quarter of the float size.
@@ -127,6 +130,7 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         return _LOADED[key]
 
     def _load(self) -> Callable:
+        import_tensorflow_quietly()
         import tensorflow as tf
 
         configure_gpus(self._require_gpu)
