@@ -2,7 +2,7 @@
 # Submits the labelling job to Google Cloud Dataflow, on GPU workers by default.
 # ./run_dataflow.sh --help
 set -euo pipefail
-cd "$(dirname "$0")"
+repo=$(cd "$(dirname "$0")" && pwd) # no cd: relative paths are the caller's (README "Usage")
 
 usage() {
   cat <<'USAGE'
@@ -40,7 +40,7 @@ project=${PROJECT:-} region=${REGION:-us-central1} bucket=${BUCKET:-} image=${IM
 input=${INPUT:-} output=${OUTPUT:-} gpu_type=${GPU_TYPE:-nvidia-l4} gpu_count=${GPU_COUNT:-1}
 machine_type=${MACHINE_TYPE:-} disk_size_gb=${DISK_SIZE_GB:-50} cpu=false
 passthrough=()
-source scripts/flags.sh
+source "$repo/scripts/flags.sh"
 while [ $# -gt 0 ]; do
   next_flag "$@"
   case "$flag" in
@@ -81,7 +81,7 @@ args=(
   --runner=DataflowRunner --project="$project" --region="$region"
   --temp_location="gs://$bucket/dataflow/tmp" --staging_location="gs://$bucket/dataflow/staging"
   --sdk_container_image="$image" --sdk_location=container --experiments=use_runner_v2
-  --setup_file=./setup.py --disk_size_gb="$disk_size_gb"
+  --setup_file="$repo/setup.py" --disk_size_gb="$disk_size_gb"
   --input="$input" --output="$output"
   # Production labels with B3, never the laptop fallback: a --model given later wins
   # (best a gs:// copy of the module, README "Run on Dataflow").
@@ -98,11 +98,12 @@ else
   )
 fi
 
-scripts/setup_venv.sh
+"$repo/scripts/setup_venv.sh"
 # Workers run the image's Python; Beam needs the launching Python to be the same version.
-want=$(cat .python-version) have=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+want=$(cat "$repo/.python-version") have=$("$repo/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 if [ "$have" != "$want" ]; then
   echo "run_dataflow.sh: error: .venv has Python $have but the worker image has $want (.python-version)" >&2
   exit 2
 fi
-exec .venv/bin/python -m pipeline.run "${args[@]}" "${passthrough[@]}"
+export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} # this checkout's code, from any folder
+exec "$repo/.venv/bin/python" -m pipeline.run "${args[@]}" "${passthrough[@]}"

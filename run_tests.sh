@@ -2,13 +2,18 @@
 # Sets up .venv with the test tools if needed, lints, then runs the test suite.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup_venv.sh requirements-dev.txt
-# The report test opens its HTML page in headless Chromium: Debian's package, once.
+# The report test opens its HTML page in headless Chromium: Debian's package, once,
+# installed while pip installs the virtualenv (both mostly wait on downloads).
+chromium=
 if ! command -v chromium >/dev/null; then
   sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  { $sudo apt-get update -qq &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium >/dev/null; } &
+  chromium=$!
 fi
+scripts/setup_venv.sh requirements-dev.txt
+[ -z "$chromium" ] || wait "$chromium"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Two workers, each test file on one of them (a file's servers and cluster stay together):

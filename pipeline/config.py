@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import uuid
 from collections.abc import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import CPU_BATCH, FLAGS, GPU_BATCH, LabelerOptions, declared
+from transforms.done import ALL_DATES as EVERY_DATE
 from transforms.done import PartFileError, SkipPolicy, check_partitions, skip_policy
 from transforms.images import preprocess_id
 from transforms.inputs import check_pattern
@@ -28,8 +30,9 @@ from transforms.output import probe_writable
 from transforms.printable import printable
 from transforms.storage import gcs
 from transforms.storage.bounded import MB
-from transforms.storage.layout import TEMP_DIR, output_prefixes, part_files
-from transforms.storage.uris import normalize_uri
+from transforms.storage.layout import TEMP_DIR, layout_fault, output_prefixes, part_files
+from transforms.storage.lease import ALL_DATES, lease_uri
+from transforms.storage.uris import glob_escape, normalize_uri
 from transforms.vocabulary import KINDS
 
 
@@ -73,6 +76,12 @@ class Config:
     def skip(self) -> SkipPolicy:
         """What the run counts as done (--skip_existing, transforms/done.py)."""
         return skip_policy(self.skip_existing, self.date)
+
+    @property
+    def lease_scope(self) -> str:
+        """The lease the run holds (storage/lease.py): a run that skips what any date holds
+        reads every date's rows, so it holds the whole output; else its date's."""
+        return ALL_DATES if self.skip.dates == EVERY_DATE else self.date
 
 
 def check_buckets(uris: Iterable[str | None], storage_options: dict) -> None:
@@ -125,13 +134,47 @@ def enclosing_output(output: str) -> str | None:
     return None
 
 
-def check_writable(output: str, run_id: str) -> None:
+# A finished part file of an output: its root is what precedes /<kind>/date=D/part-...
+_OUTPUT_FILE = re.compile(rf"^(?P<root>.*)/(?:{'|'.join(KINDS)})/date=[^/]*/part-[^/]*\.parquet$")
+
+
+def nested_output(output: str) -> str | None:
+    """An output inside this one's predictions/, errors/ or _temp/ (made before this one was
+    an output, or written there by hand), whose files readers of this output's folders
+    would take for its rows; None if there is none. One listing of each of the three."""
+    base = output.rstrip("/")
+    for folder in OUTPUT_FOLDERS:
+        pattern = FileSystems.join(glob_escape(base), folder, "**", "date=*", "part-*.parquet")
+        for meta in FileSystems.match([pattern])[0].metadata_list:
+            found = _OUTPUT_FILE.match(meta.path)
+            if found:
+                return found["root"]
+    return None
+
+
+def check_output(config: Config) -> None:
+    """The output's layout, before any work and for --plan too: nothing in the way of a folder
+    or file the run writes (storage/layout.py), and no output inside another's folders,
+    whichever was made first."""
+    output = config.output
+    fault = layout_fault(output, config.date, (lease_uri(output, config.lease_scope),))
+    if fault is not None:
+        raise ConfigError(f"--output {printable(output)}: {fault}; move it away or pass another")
     inside = enclosing_output(output)
     if inside is not None:
         raise ConfigError(
             f"--output {printable(output)} is inside the output {printable(inside)}, where "
             "its files would be read as that output's rows; pass a folder outside it"
         )
+    nested = nested_output(output)
+    if nested is not None:
+        raise ConfigError(
+            f"--output {printable(output)} holds another output, {printable(nested)}, whose "
+            "files would be read as this output's rows; move it out or pass another --output"
+        )
+
+
+def check_writable(output: str, run_id: str) -> None:
     try:
         probe_writable(output, run_id)
     except Exception as e:  # permissions, a file in the way, no space
@@ -154,13 +197,15 @@ def prepare(opts: LabelerOptions) -> Config:
 
 def check_storage_and_model(config: Config) -> Config:
     """What touches storage or the network, before any work: buckets reachable, inputs
-    present, the model chosen and ready (downloaded or converted), the output writable (a
-    probe file, last, so a run that stops earlier writes nothing). Returns the Config with
+    present, the output's layout sound, the model chosen and ready (downloaded or converted)
+    and its outputs matching the labels, then --top_k, the output writable (a probe file,
+    last, so a run that stops earlier writes nothing). Returns the Config with
     the model and its image size settled."""
     check_buckets(
         [*config.inputs, config.manifest, config.output, config.model], config.storage_options
     )
     streamed = check_inputs(list(config.inputs), config.manifest, config.output, config.skip)
+    check_output(config)
     try:
         model = choose_model(config.model, len(config.labels))
         version = model_version(locate(model))
@@ -168,6 +213,9 @@ def check_storage_and_model(config: Config) -> Config:
         raise ConfigError(str(e)) from None
     except OSError as e:  # the model's files went away or cannot be read
         raise ConfigError(f"--model {model}: cannot read it ({e})") from None
+    # After the labels are checked against the model: a labels file of the wrong length is
+    # the cause, --top_k past its end the symptom.
+    check_number("top_k", config.top_k, declared("top_k").low, len(config.labels), "")
     if not config.plan:
         check_writable(config.output, config.run_id)
     image_size = config.image_size or native_size(model)
@@ -211,7 +259,8 @@ def check_flags(opts: LabelerOptions) -> Config:
         raise ConfigError(
             f"--labels_file {opts.labels_file} is empty; it needs one class name a line"
         )
-    check_number("top_k", opts.top_k, declared("top_k").low, len(labels), "")
+    if opts.top_k < declared("top_k").low:  # past the labels' end: checked with the model
+        check_number("top_k", opts.top_k, declared("top_k").low, len(labels), "")
     patterns = [normalize_uri(p) for p in opts.input or []]
     manifest = normalize_uri(opts.input_manifest) if opts.input_manifest else None
     given_model = opts.model

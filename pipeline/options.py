@@ -330,8 +330,8 @@ def listed_parser(prog: str) -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that prints only the job's flags for --help, and names the closest flag when
-    it meets one it does not know."""
+    """argparse that prints only the job's flags for --help, and says in one line what is
+    wrong with a command line it cannot take."""
 
     def __init__(self, listed: argparse.ArgumentParser):
         super().__init__(prog=listed.prog, allow_abbrev=False, add_help=False, parents=[listed])
@@ -341,15 +341,27 @@ class _Parser(argparse.ArgumentParser):
         return self.listed.format_help()
 
     def error(self, message: str):
-        prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            unknown = message.removeprefix(prefix).split()[0]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")  # one line, no usage
+
+    def refuse_extra(self, argv: Sequence[str], extra: Sequence[str]):
+        """One line for what parse_known_args left over: a flag it does not know (naming the
+        closest), or a word that follows no flag, most often a file name the shell made of
+        an unquoted pattern."""
+        first = extra[0]
+        if first.startswith("-"):
             # argparse lists the flags it knows nowhere public; Beam's own suggestion reads
             # the same attribute (PipelineOptions._warn_on_unknown_options).
             known = [f for action in self._actions for f in action.option_strings]
-            close = difflib.get_close_matches(unknown.split("=", 1)[0], known, n=1)
-            message = f"unknown flag {unknown}" + (f"; did you mean {close[0]}?" if close else "")
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")  # one line, no usage
+            close = difflib.get_close_matches(first.split("=", 1)[0], known, n=1)
+            self.error(f"unknown flag {first}" + (f"; did you mean {close[0]}?" if close else ""))
+        flags = [a.split("=", 1)[0] for a in argv[: list(argv).index(first)] if a.startswith("-")]
+        after = f" after {flags[-1]}" if flags else ""
+        more = f" (and {len(extra) - 1:,} more)" if len(extra) > 1 else ""
+        self.error(
+            f"unexpected argument {first}{more}{after}, most likely a file name the shell made "
+            "of an unquoted pattern: quote the pattern (--input 'photos/*.jpg'); every value "
+            "follows its flag"
+        )
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -365,9 +377,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def parse_options(argv: Sequence[str], prog: str) -> PipelineOptions:
     """Command line -> PipelineOptions, parsed once, here; exits 2 with one line on an unknown
-    or malformed flag. Beam takes the parsed values as its documented keyword overrides (by
-    option name), with no flags left for it to parse."""
-    parsed = build_parser(prog).parse_args(argv)
+    or malformed flag, or a word that follows no flag. Beam takes the parsed values as its
+    documented keyword overrides (by option name), with no flags left for it to parse."""
+    parser = build_parser(prog)
+    parsed, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.refuse_extra(argv, extra)
     options = PipelineOptions([], **vars(parsed))
     standard = options.view_as(StandardOptions)
     if not standard.runner:

@@ -155,11 +155,11 @@ def spool_work(config: Config) -> tuple[JoinCounts, Spool]:
 
 
 def join_counters(counts: JoinCounts) -> dict[str, int]:
-    """The join's counts under the counter names the single job's KeepNew reports them as."""
+    """The join's counts under the counter names the single job's KeepNew reports them as
+    (inputs served by an identical image are counted by the portions' jobs, as labelled)."""
     return {
         metrics.IMAGES_SKIPPED: counts.done,
         metrics.IMAGES_CHANGED: counts.changed,
-        metrics.IMAGES_IDENTICAL: counts.identical,
         metrics.IMAGES_QUEUED: counts.to_label,
     }
 

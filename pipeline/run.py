@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -35,9 +36,10 @@ from pipeline.failures import (
 from pipeline.graph import Portion, build_pipeline
 from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
-from transforms import done, metrics
+from transforms import metrics
 from transforms.output import committed_rows, remove_temp
-from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld
+from transforms.printable import printable
+from transforms.storage.lease import Lease, LeaseHeld
 from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 
@@ -122,10 +124,8 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
             return exit_status.OK, False
         execute = functools.partial(one_job, pipeline)
     in_process = runs_in_this_process(options)
-    # A run that skips what any date holds reads every date's rows: it holds the whole output.
-    scope = ALL_DATES if config.skip.dates == done.ALL_DATES else config.date
     # Written as the output is: on gs://, with the job's credentials and options.
-    lease = Lease(config.output, scope, config.run_id, config.storage_options)
+    lease = Lease(config.output, config.lease_scope, config.run_id, config.storage_options)
     try:
         # One run per output and date: held from before the date's partitions are read
         # (to skip what is done) until after the run's files are counted.
@@ -358,17 +358,30 @@ def guard_std_streams() -> None:
         setattr(sys, name, _Unbreakable(stream))
 
 
+def log_library_warnings() -> None:
+    """Python warnings raised while the job runs here (Pillow's on odd TIFF metadata, for
+    one) are logged at INFO to the "py.warnings" logger, not printed beside the summary:
+    they describe an input that was labelled, or the libraries, not the run."""
+    logger = logging.getLogger("py.warnings")
+
+    def log(message, category, filename, lineno, file=None, line=None):
+        logger.info("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+
+    warnings.showwarning = log
+
+
 def main() -> None:
     guard_std_streams()
     logging.getLogger().setLevel(logging.WARNING)
     quiet_beam_logs()  # Beam's records that repeat (or contradict) our last line
+    log_library_warnings()
     signal.signal(signal.SIGINT, STOP)
     signal.signal(signal.SIGTERM, STOP)
     in_process = True
     try:
         status, in_process = run()
     except ConfigError as e:
-        print(f"{prog_name()}: error: {e}", file=sys.stderr)
+        print(f"{prog_name()}: error: {printable(str(e))}", file=sys.stderr)  # one line
         status = exit_status.BAD_OPTION
     except Stopped as e:
         print(f"{prog_name()}: stopped before any work; nothing was written", file=sys.stderr)

@@ -70,9 +70,17 @@ def summarize(
         f"{f', {identical} served by an identical image' if identical else ''}"
         f" in {seconds:.1f} s ({rate:.1f} images/s); "
         f"{f'{portions:,} portion{plural(portions)} committed; ' if portions is not None else ''}"
-        f"predictions: {partition_dir(config.output, PREDICTIONS, config.date)}, "
-        f"errors: {partition_dir(config.output, ERRORS, config.date)}"
+        f"{written_to(written, config)}"
     )
+
+
+def written_to(written: dict[str, int], config: Config) -> str:
+    """'predictions: ROOT/predictions/date=D, errors: ...': the partitions this run wrote
+    rows to, so only folders that exist are named; 'nothing written' when it wrote none."""
+    kinds = [kind for kind in (PREDICTIONS, ERRORS) if written.get(kind, 0) > 0]
+    if not kinds:
+        return "nothing written"
+    return ", ".join(f"{kind}: {partition_dir(config.output, kind, config.date)}" for kind in kinds)
 
 
 def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: float):
@@ -93,11 +101,40 @@ def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: fl
         )
     total = labelled + failed
     if total and (failed == total or failed / total > max_error_ratio):
-        return TOO_MANY_ERRORS, (
-            f"{failed} of {total} images failed ({failed / total:.0%}), more than "
-            f"--max_error_ratio {max_error_ratio:g} allows; the error rows say why"
-        )
+        return TOO_MANY_ERRORS, error_ratio_line(failed, total, max_error_ratio)
     return OK, None
+
+
+def error_ratio_line(failed: int, total: int, max_error_ratio: float) -> str:
+    """Why a run's failures give exit status 3, true at every --max_error_ratio: the share
+    with as many decimals as tell it from the bound; a run where every image failed, which
+    fails even at a bound of 1, says so."""
+    share = failed / total
+    if share <= max_error_ratio:  # all failed, and the bound lets all fail
+        return (
+            f"{failed} of {total} images failed (100%): a run where every image failed fails "
+            f"whatever --max_error_ratio says (it is {exact(max_error_ratio)}); "
+            "the error rows say why"
+        )
+    return (
+        f"{failed} of {total} images failed ({above(share, max_error_ratio)}), more than "
+        f"--max_error_ratio {exact(max_error_ratio)} allows; the error rows say why"
+    )
+
+
+def exact(ratio: float) -> str:
+    """The ratio as given (0.05, 1), never rounded to look like another."""
+    short = f"{ratio:g}"
+    return short if float(short) == ratio else repr(ratio)
+
+
+def above(share: float, bound: float) -> str:
+    """`share` (> bound) as a percentage with the fewest decimals that show it above the
+    bound ("5.1%" of a 0.05 bound, not "5%")."""
+    for decimals in range(10):
+        if round(share * 100, decimals) > round(bound * 100, decimals):
+            return f"{share:.{decimals}%}"
+    return f"{share:.10%}"
 
 
 def plural(n: int) -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates (or updates) .venv from the repo's pinned requirements; idempotent and quiet.
+# Creates (or updates) .venv from the repo's pinned requirements; idempotent, and quiet but
+# for a line before and after an install.
 # Usage: scripts/setup_venv.sh [requirements file]   (default requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,11 +8,16 @@ reqs=${1:-requirements.txt}
 hash=$(cat requirements*.txt | sha256sum | cut -c1-12)
 stamp=.venv/.installed-$hash-$(basename "$reqs")
 if [ ! -f "$stamp" ]; then
+  # Said, not shown: pip's own output stays quiet (its errors still print).
+  echo "setting up .venv: installing $reqs (the first time, or after it changed: a few minutes)..." >&2
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r "$reqs"
+  # --no-compile: Python compiles a module the first time it is imported instead, and only
+  # those a run imports (a fraction of TensorFlow's): a minute less of set-up.
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-compile -r "$reqs"
   # The project itself, editable: the label-images command runs this checkout's code.
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
   touch "$stamp"
   # requirements-dev.txt includes requirements.txt: the runtime set is installed too.
   [ "$(basename "$reqs")" != requirements-dev.txt ] || touch ".venv/.installed-$hash-requirements.txt"
+  echo "setting up .venv: done" >&2
 fi

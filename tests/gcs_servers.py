@@ -8,7 +8,8 @@ takes at least 30 ms (so a run's reads spread over time, as against a real bucke
 whose name contains "flaky" answers its first download with 503, one containing "forbidden"
 always answers 403, one containing "corrupt" comes with a wrong x-goog-hash. Always, it
 serves gzip-encoded objects and pages listings as GCS does (_act_like_gcs). LatencyProxy
-adds a fixed delay to every request (benchmarks: a real bucket's time to first byte).
+adds a fixed delay to every request (benchmarks: a real bucket's time to first byte), holds
+the request a Gate names, and answers the downloads its Faults name with a fault instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import http.server
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -233,6 +235,69 @@ class Gate:
         self._released.set()
 
 
+def _media_name(path: str) -> str | None:
+    """The object a media download's path names (None for any other request)."""
+    import urllib.parse
+
+    if "alt=media" not in path:
+        return None
+    return urllib.parse.unquote(path.split("?", 1)[0].rsplit("/o/", 1)[-1])
+
+
+class Fault:
+    """Answers the n-th (1-based; n=0: every) download of an object whose name contains
+    `part` with a fault in place of the object: "short" (the whole Content-Length, half the
+    body, then a clean close), "reset" (half the body, then a TCP reset), "flip" (the body
+    with one byte changed, its stored checksum kept), or an HTTP status (404, 403, 503...);
+    with hashless, the faulty reply has no x-goog-hash (nothing to check its bytes against).
+    `answered` counts the faults given; `downloads` every download of the object."""
+
+    def __init__(self, part: str, kind: str | int, n: int = 1, hashless: bool = False):
+        self.part, self.kind, self.n, self.hashless = part, kind, n, hashless
+        self.answered = self.downloads = 0
+        self._lock = threading.Lock()
+
+    def answer(self, handler: http.server.BaseHTTPRequestHandler, headers, data: bytes) -> bool:
+        """Writes the fault to `handler` and says True when this request is one to fault."""
+        name = _media_name(handler.path)
+        if name is None or self.part not in name:
+            return False
+        with self._lock:
+            self.downloads += 1
+            if self.n and self.downloads != self.n:
+                return False
+            self.answered += 1
+        if isinstance(self.kind, int):
+            body = json.dumps({"error": {"code": self.kind, "message": "injected"}}).encode()
+            handler.send_response_only(self.kind)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+            return True
+        if self.kind == "flip":
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+        handler.send_response_only(200)
+        dropped = {"content-length", "connection", "transfer-encoding"}
+        dropped |= {"x-goog-hash"} if self.hashless else set()
+        for key, value in headers:
+            if key.lower() not in dropped:
+                handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if self.kind == "flip":
+            handler.wfile.write(data)
+            return True
+        handler.wfile.write(data[: len(data) // 2])
+        handler.close_connection = True  # "short": the server closes it (FIN) when we return
+        if self.kind == "reset":
+            linger = struct.pack("ii", 1, 0)  # close at once with a RST, not a FIN
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            handler.connection.close()
+        return True
+
+
 class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
     """Forwards each request to the upstream server after `delay` seconds: a bucket's time
     to first byte, paid per request as on a real bucket."""
@@ -244,6 +309,7 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
     upstream: tuple[str, int] = (HOST, 0)
     delay = 0.05
     gate: Gate | None = None
+    faults: tuple[Fault, ...] = ()
 
     def _forward(self):
         import http.client
@@ -260,6 +326,10 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
             data = reply.read()
         finally:
             conn.close()
+        if reply.status == 200 and any(
+            f.answer(self, reply.getheaders(), data) for f in self.faults
+        ):
+            return
         self.send_response_only(reply.status, reply.reason)
         for key, value in reply.getheaders():
             if key.lower() not in ("content-length", "connection", "transfer-encoding"):
@@ -277,8 +347,8 @@ class _DelayingProxyHandler(http.server.BaseHTTPRequestHandler):
 
 class LatencyProxy:
     """127.0.0.1:port -> upstream, each request `delay` seconds late (and the one request
-    `gate` names held, if given); served from daemon threads, so it stops with the process
-    that started it."""
+    `gate` names held, if given; the downloads `faults` name answered with their fault);
+    served from daemon threads, so it stops with the process that started it."""
 
     def __init__(
         self,
@@ -286,8 +356,14 @@ class LatencyProxy:
         delay: float = 0.05,
         port: int | None = None,
         gate: Gate | None = None,
+        faults: tuple[Fault, ...] = (),
     ):
-        attributes = {"upstream": (HOST, upstream_port), "delay": delay, "gate": gate}
+        attributes = {
+            "upstream": (HOST, upstream_port),
+            "delay": delay,
+            "gate": gate,
+            "faults": tuple(faults),
+        }
         handler = type("Handler", (_DelayingProxyHandler,), attributes)
         self.port = port or free_port()
         self.endpoint = f"http://{HOST}:{self.port}"

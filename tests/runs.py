@@ -23,7 +23,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline.config import prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
-from tests.gcs_servers import Gate, LatencyProxy
+from tests.gcs_servers import Fault, Gate, LatencyProxy
 from transforms.metrics import NAMESPACE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,15 +72,19 @@ def cli_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def storage_through_gate(emulator_port: int, gate: Gate) -> Iterator[dict[str, str]]:
+def storage_through_gate(
+    emulator_port: int, gate: Gate | None = None, faults: Sequence[Fault] = ()
+) -> Iterator[dict[str, str]]:
     """The environment for runs whose Cloud Storage requests go through a proxy to the emulator
-    that holds the request `gate` names. The emulator names the host an object was written
-    through in its media link, so what follows a gated run (runs, reads) stays in the block."""
-    proxy = LatencyProxy(emulator_port, delay=0, gate=gate).start()
+    that holds the request `gate` names and answers the downloads `faults` name with their
+    fault. The emulator names the host an object was written through in its media link, so
+    what follows a gated run (runs, reads) stays in the block."""
+    proxy = LatencyProxy(emulator_port, delay=0, gate=gate, faults=tuple(faults)).start()
     try:
         yield {"STORAGE_EMULATOR_HOST": proxy.endpoint}
     finally:
-        gate.release()
+        if gate is not None:
+            gate.release()
         proxy.stop()
 
 

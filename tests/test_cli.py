@@ -98,16 +98,33 @@ BAD_OPTIONS = [
     (["--batch_size=-1"], "--batch_size must be between 1 and 1024"),
     (["--labels_file=/nonexistent/x.txt"], "--labels_file /nonexistent/x.txt cannot be read"),
     (["--date=yesterday"], "--date yesterday is not a date"),
-    (["--input=/nonexistent/*.jpg"], "matches no file"),
+    # A value holding control characters: escaped, so the error stays one line.
+    (["--date=2026-01-01\n\x1b[31m"], "--date 2026-01-01\\n\\x1b[31m is not a date"),
+    (["--input=/nonexistent/*.jpg"], "the folder /nonexistent does not exist"),
+    # A misspelt folder: it does not exist, and the closest one that does is named.
+    (
+        ["--input=TMP/photoz/*.jpg"],
+        "--input TMP/photoz/*.jpg: the folder TMP/photoz does not exist; the closest folder "
+        "that does is TMP",
+    ),
+    (["--input=TMP/gone.jpg"], "--input TMP/gone.jpg does not exist; the closest folder"),
+    # An unquoted glob the shell expanded: a second file name follows --input.
+    (
+        ["--input", "TMP/a.jpg", "TMP/b.jpg", "TMP/c.jpg"],
+        "unexpected argument TMP/b.jpg (and 1 more) after --input, most likely a file name "
+        "the shell made of an unquoted pattern: quote the pattern",
+    ),
     (["--model=/nonexistent/model"], "--model /nonexistent/model does not exist"),
     (["--model=MODEL_NOT_SAVEDMODEL"], "is not a SavedModel directory"),
     (["--model=https://127.0.0.1:9/efficientnet/b3"], "pass --model /path/to/saved_model_dir"),
     (["--input_manifest=MANIFEST_NO_URI"], "has no 'uri' column"),
     (["--output="], "--output is required"),
     (["--labels_file=TEN_LABELS"], "has 1000 outputs but the labels file has 10 names"),
+    # The cause (the labels file against the model) before the symptom (--top_k 5 > 3).
+    (["--labels_file=THREE_LABELS"], "has 1000 outputs but the labels file has 3 names"),
     (["--progress_interval=0"], "--progress_interval must be between 0.1 and 86400"),
     (["--skip_existing=maybe"], "expected true, date or false, not 'maybe'"),
-    (["--output=A_FILE/out"], "cannot be written to"),
+    (["--output=A_FILE/out"], "A_FILE is a file, where the output needs a folder"),
 ]
 
 
@@ -117,14 +134,19 @@ def test_bad_options_stop_before_any_work(extra, message, image_dir, probe_model
     no_uri.write_text("path\n/a.jpg\n")
     ten = tmp_path / "ten.txt"
     ten.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
+    three = tmp_path / "three.txt"
+    three.write_text("cat\ndog\nbird\n")
     placeholders = {
         "MODEL_NOT_SAVEDMODEL": tmp_path,
         "MANIFEST_NO_URI": no_uri,
         "TEN_LABELS": ten,
+        "THREE_LABELS": three,
         "A_FILE": ten,  # a file where a folder should be
+        "TMP": tmp_path,
     }
     for name, value in placeholders.items():
         extra = [e.replace(name, str(value)) for e in extra]
+        message = message.replace(name, str(value))
     out = tmp_path / "out"
     args = [f"--input={image_dir['root']}/*.png", f"--output={out}", f"--model={probe_model}"]
     proc = cli(*args, *extra, timeout=120)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.gcs_servers import Gate
 from tests.runs import cli, read_rows, signal_at_gate, storage_through_gate
+from tests.test_faults import in_the_way_once_started, running
 
 pytestmark = pytest.mark.slow  # every test here runs the real command
 
@@ -39,8 +40,8 @@ def test_every_image_failed_exits_3_after_writing_the_errors(image_dir, probe_mo
     assert proc.returncode == 3, proc.stderr[-3000:]
     n = len(image_dir["bad"])
     assert proc.stderr.splitlines()[-1] == (
-        f"python -m pipeline.run: error: {n} of {n} images failed (100%), more than "
-        "--max_error_ratio 1 allows; the error rows say why"
+        f"python -m pipeline.run: error: {n} of {n} images failed (100%): a run where every "
+        "image failed fails whatever --max_error_ratio says (it is 1); the error rows say why"
     )
     assert stored_uris(out) == sorted(image_dir["bad"])
 
@@ -59,19 +60,22 @@ def test_error_ratio_decides_the_status(ratio, status, image_dir, probe_model, t
 def test_output_that_cannot_be_committed_exits_4_and_claims_nothing(
     image_dir, probe_model, tmp_path
 ):
+    """ROOT/predictions made a file once the run has started (start-up refuses one that is
+    there before: tests/test_output_paths.py)."""
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "predictions").write_text("a file where the predictions folder belongs")
     n = len(image_dir["patches"])
-    proc = cli(f"--input={image_dir['root']}/patch_*.png", *job(image_dir, probe_model, out))
-    assert proc.returncode == 4, proc.stderr[-3000:]
-    summary, error = proc.stderr.splitlines()[-2:]
+    args = [f"--input={image_dir['root']}/patch_*.png", *job(image_dir, probe_model, out)]
+    with running(args) as proc:
+        in_the_way_once_started(proc, out, "predictions")
+        _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 4, stderr[-3000:]
+    summary, error = stderr.splitlines()[-2:]
     assert summary.startswith(f"labelled 0 of {n} images ({n} more labelled but not written)")
     assert error == (
         f"python -m pipeline.run: error: {n} predictions rows of this run were not written "
         "to their partitions; re-running the same command labels those images again"
     )
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -109,3 +113,40 @@ def test_tensorflow_start_up_prints_nothing(image_dir, probe_model, tmp_path):
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith(f"labelled {len(image_dir['patches'])} of ")
     assert pathlib.Path(out).exists()
+
+
+def test_inputs_a_library_warns_about_are_labelled_quietly(image_dir, probe_model, tmp_path):
+    """A JPEG whose EXIF points past its end (Pillow warns "Truncated File Read" as it reads
+    the orientation), and a JPEG whose end marker (FFD9) is missing, among good images: all
+    labelled, and stderr is the summary alone."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "quietly"
+    folder.mkdir()
+    picture = Image.fromarray(np.full((32, 32, 3), (200, 30, 60), np.uint8))
+    # One IFD entry: ImageDescription, 100 bytes at offset 4000, past the EXIF's end.
+    ifd = struct.pack("<HHHII", 1, 270, 2, 100, 4000) + struct.pack("<I", 0)
+    odd = io.BytesIO()
+    picture.save(odd, "JPEG", quality=90, exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd)
+    (folder / "odd_exif.jpg").write_bytes(odd.getvalue())
+    jpeg = io.BytesIO()
+    picture.save(jpeg, "JPEG", quality=90)
+    (folder / "no_end.jpg").write_bytes(jpeg.getvalue()[:-2])
+    for name in ("a.png", "b.png"):
+        picture.save(folder / name)
+    out = tmp_path / "out"
+    proc = cli(f"--input={folder}/*", *job(image_dir, probe_model, out, "--max_error_ratio=0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("labelled 4 of 4 images, 0 failed")
+    assert read_rows(str(out), "errors") == []
+    assert sorted(pathlib.Path(r["uri"]).name for r in read_rows(str(out), "predictions")) == [
+        "a.png",
+        "b.png",
+        "no_end.jpg",
+        "odd_exif.jpg",
+    ]

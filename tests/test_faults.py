@@ -137,6 +137,19 @@ def lease_file(out, scope: str = ALL_DATES) -> pathlib.Path:
     return pathlib.Path(lease_uri(str(out), scope))
 
 
+def in_the_way_once_started(proc: subprocess.Popen, out, name: str) -> None:
+    """Once the run has started (its lease written: past every start-up check, which would
+    refuse it, and before any row), `out/name` is made a file where the run writes a folder;
+    the run is held meanwhile."""
+    wait_for(lease_file(out).exists, proc)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert not (out / name).exists(), "the run got there first"
+        (out / name).write_text(f"a file where the {name} folder belongs")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
 def fill(path: pathlib.Path) -> None:
     """Writes zeros to `path` until the file system is full."""
     with open(path, "wb", buffering=0) as f:
@@ -319,19 +332,11 @@ def test_unwritable_stderr_keeps_a_failing_status(case, status, failing_model, t
     folder.mkdir()
     (folder / "black.png").write_bytes(encode(Image.new("RGB", (32, 32)), "PNG"))
     out = tmp_path / "out"
-    if case == "output lost":
-        out.mkdir()
-        (out / "errors").write_text("a file where the errors folder belongs")
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.run", f"--input={folder}/*.png"]
-            + job(out, failing_model),
-            cwd=ROOT,
-            env=cli_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=full,
-            timeout=300,
-        )
+    args = [f"--input={folder}/*.png", *job(out, failing_model)]
+    with open("/dev/full", "w") as full, running(args, stderr=full) as proc:
+        if case == "output lost":
+            in_the_way_once_started(proc, out, "errors")
+        proc.wait(timeout=300)
     assert proc.returncode == status
 
 

@@ -8,8 +8,8 @@ import time
 
 from google.cloud import storage
 
-from tests.gcs_servers import HOST, free_port
-from tests.runs import cli, config_for, counter_values, read_rows, run_graph
+from tests.gcs_servers import HOST, Fault, free_port
+from tests.runs import cli, config_for, counter_values, read_rows, run_graph, storage_through_gate
 from transforms import metrics
 
 
@@ -233,3 +233,40 @@ def test_bad_credentials_fail_fast_naming_the_bucket(
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"python -m pipeline.run: error: gs://{bucket}: the credentials"), last
     assert "invalid_grant" in last and "application-default login" in last
+
+
+def test_each_uri_s_row_is_its_own_and_a_short_body_is_read_again(
+    gcs, bucket, probe_model, sample_jpeg
+):
+    """Three objects of the same bytes (one work unit): the first in URI order answers 404
+    at read time, so the second is read and serves the third. Another answers its first GET
+    with its whole Content-Length, half its body and a clean close: read again, labelled as
+    its plain copy."""
+    target = storage.Client().bucket(bucket)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        target.blob(f"photos/{name}").upload_from_string(sample_jpeg)
+    short = copy_object(bucket, f"gs://{bucket}/photos/a.jpg", "photos/short.jpg")
+    gone, short_body = Fault("photos/a.jpg", 404, n=0), Fault("photos/short.jpg", "short")
+    out = f"gs://{bucket}/out"
+    with storage_through_gate(gcs.port, faults=[gone, short_body]) as env:
+        proc = cli(
+            f"--input=gs://{bucket}/photos/*.jpg",
+            f"--output={out}",
+            f"--model={probe_model}",
+            "--image_size=64",
+            "--max_error_ratio=0.5",
+            env=env,
+        )
+        predictions, errors = read_rows(out, "predictions"), read_rows(out, "errors")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b, c = (f"gs://{bucket}/photos/{name}.jpg" for name in "abc")
+    assert sorted(r["uri"] for r in predictions) == [b, c, short]  # each exactly once
+    assert [(r["uri"], r["stage"], r["reason"]) for r in errors] == [(a, "read", "not found")]
+    assert a in errors[0]["error"] and b not in errors[0]["error"]
+    rows = {r["uri"]: r for r in predictions}
+    assert rows[short]["labels"] == rows[b]["labels"] == rows[c]["labels"]
+    assert rows[short]["scores"] == rows[b]["scores"]
+    assert (gone.downloads, short_body.downloads, short_body.answered) == (1, 2, 1)
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert "labelled 3 of 4 images, 1 failed (read: 1 not found)" in summary, summary
+    assert ", 1 served by an identical image in " in summary, summary

@@ -15,10 +15,12 @@ import types
 import pytest
 import urllib3
 from apache_beam.options.pipeline_options import PipelineOptions
+from google.api_core import exceptions as api_exceptions
 
-from tests.gcs_servers import Emulator
+from tests.gcs_servers import Emulator, Fault, LatencyProxy
+from transforms import rows
 from transforms import vocabulary as v
-from transforms.storage import gcs
+from transforms.storage import gcs, retries
 from transforms.storage.bounded import MB, ByteBudget
 from transforms.storage.listing import Listed
 
@@ -350,3 +352,153 @@ def test_folder_placeholders_are_not_listed_as_inputs(memory_emulator):
         "gs://listed/photos/empty.jpg",
         "gs://listed/photos/odd/",
     ]
+
+
+# --- faults that look like data: tried again, by type, within one budget --------------------
+
+
+class FakeTime:
+    """A clock that moves only when slept on."""
+
+    def __init__(self):
+        self.now, self.slept = 0.0, []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def failing(*faults: BaseException):
+    """An attempt that raises `faults` in turn, then returns b"bytes"; `calls` counts it."""
+    queue = list(faults)
+
+    def attempt():
+        attempt.calls += 1
+        if queue:
+            raise queue.pop(0)
+        return b"bytes"
+
+    attempt.calls = 0
+    return attempt
+
+
+def retried(attempt, delays=None, seconds: float = retries.RETRY_SECONDS):
+    time_ = FakeTime()
+    delays = iter(delays or [1.0] * 100)
+    result = retries.with_retries(attempt, delays, lambda: time_.now, time_.sleep, seconds)
+    return result, time_
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        retries.ShortBody("gs://b/o: 10 of the 20 bytes announced"),
+        retries.ChecksumMismatch("gs://b/o: crc32c does not match"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        urllib3.exceptions.ProtocolError("Connection broken"),
+        api_exceptions.ServiceUnavailable("503"),
+        api_exceptions.TooManyRequests("429"),
+    ],
+    ids=type,
+)
+def test_transient_and_data_faults_are_read_again(fault):
+    attempt = failing(fault, fault)
+    result, time_ = retried(attempt)
+    assert (result, attempt.calls, time_.slept) == (b"bytes", 3, [1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        api_exceptions.NotFound("404"),
+        api_exceptions.Forbidden("403"),
+        v.ImageError(v.TOO_LARGE, "too large"),
+        gcs.BadGzip("gs://b/o: not gzip"),
+        ValueError("a bug"),
+    ],
+    ids=type,
+)
+def test_permanent_faults_are_not_read_again(fault):
+    attempt = failing(fault)
+    with pytest.raises(type(fault)) as raised:
+        retried(attempt)
+    assert attempt.calls == 1
+    assert rows.describe(raised.value) == f"{type(fault).__name__}: {fault}"  # no count
+
+
+def test_a_fault_that_stays_ends_at_the_deadline_with_its_attempt_count():
+    fault = api_exceptions.ServiceUnavailable("GET gs://b/o: 503")
+    attempt = failing(*[fault] * 100)
+    with pytest.raises(api_exceptions.ServiceUnavailable) as raised:
+        retried(attempt, delays=[1, 2, 4, 8, 16, 32, 60, 60], seconds=120)
+    assert attempt.calls == 7  # 1+2+4+8+16+32 = 63 s slept; a 7th sleep of 60 s passes 120
+    assert rows.describe(raised.value) == "ServiceUnavailable: 503 GET gs://b/o: 503 (7 attempts)"
+
+
+def test_a_checksum_that_never_matches_is_read_three_times_then_an_error():
+    fault = retries.ChecksumMismatch("gs://b/o: crc32c of the 9 bytes read does not match")
+    attempt = failing(*[fault] * 10)
+    with pytest.raises(retries.ChecksumMismatch) as raised:
+        retried(attempt)
+    assert attempt.calls == retries.MAX_DATA_ATTEMPTS == 3
+    row = rows.failure_row("gs://b/o", v.READ, raised.value)
+    assert row["reason"] == v.READ_FAILED
+    assert row["error"].endswith("does not match (3 attempts)")
+
+
+@pytest.fixture
+def faulty(request, bucket, sample_jpeg, monkeypatch):
+    """through(*faults) -> a GcsReader whose endpoint is a proxy to the emulator answering
+    with those faults; and the URI of the sample JPEG in the bucket."""
+    from google.cloud import storage
+
+    storage.Client().bucket(bucket).blob("photo.jpg").upload_from_string(sample_jpeg)
+    port = request.getfixturevalue("gcs").port
+    proxies: list[LatencyProxy] = []
+
+    def through(*faults: Fault) -> gcs.GcsReader:
+        proxies.append(LatencyProxy(port, delay=0, faults=faults).start())
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxies[-1].endpoint)
+        return gcs.GcsReader(2, {})
+
+    yield through, f"gs://{bucket}/photo.jpg"
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "kind,hashless",
+    [("short", False), ("short", True), ("reset", False), ("flip", False), (503, False)],
+)
+def test_a_fault_on_the_first_download_is_read_again(kind, hashless, faulty, sample_jpeg):
+    """A short body (full Content-Length, half the body, a clean close; with or without a
+    checksum to find it by), a reset mid-body, a flipped byte (the stored crc32c not
+    matched), a 503: the bytes as stored, from the second GET."""
+    reader, uri = faulty
+    fault = Fault("photo.jpg", kind, hashless=hashless)
+    budget = ByteBudget(8 * MB)
+    assert reader(fault).read(uri, 8 * MB, MB, budget) == sample_jpeg
+    assert (fault.answered, fault.downloads) == (1, 2)
+    assert budget.used == len(sample_jpeg)
+
+
+@pytest.mark.parametrize("kind,reason", [(404, v.NOT_FOUND), (403, v.NO_ACCESS)])
+def test_a_permanent_fault_is_one_download(kind, reason, faulty):
+    reader, uri = faulty
+    fault = Fault("photo.jpg", kind, n=0)
+    budget = ByteBudget(8 * MB)
+    with pytest.raises(api_exceptions.GoogleAPICallError) as raised:
+        reader(fault).read(uri, 8 * MB, MB, budget)
+    assert v.reason_for(v.READ, raised.value) == reason
+    assert fault.downloads == 1 and budget.used == 0
+
+
+def test_bytes_that_never_match_their_checksum_are_read_three_times(faulty):
+    reader, uri = faulty
+    fault = Fault("photo.jpg", "flip", n=0)
+    budget = ByteBudget(8 * MB)
+    with pytest.raises(retries.ChecksumMismatch) as raised:
+        reader(fault).read(uri, 8 * MB, MB, budget)
+    assert fault.downloads == 3 and budget.used == 0
+    row = rows.failure_row(uri, v.READ, raised.value)
+    assert (row["reason"], row["error"][-12:]) == (v.READ_FAILED, "(3 attempts)")

@@ -306,8 +306,8 @@ def test_whole_partition_files_pass_the_check(tmp_path):
 
 
 def test_partition_files_other_tools_rewrote_are_read_as_output(tmp_path):
-    """A 'uri' column as large_string (Polars writes it so) or dictionary-encoded, with other
-    columns and codecs, is output like the job's own: checked, and its URIs done."""
+    """A 'uri' column as large_string (Polars writes it so), string_view or dictionary-encoded,
+    with other columns and codecs, is output like the job's own: checked, and its URIs done."""
     out = tmp_path / "out"
     uris = ["/x/a.jpg", "/x/b.jpg", "/x/a.jpg"]
     folder = out / "predictions" / f"date={DATE}"
@@ -317,10 +317,11 @@ def test_partition_files_other_tools_rewrote_are_read_as_output(tmp_path):
             (pa.array(uris, pa.large_string()), "zstd"),
             (pa.array(uris).dictionary_encode(), "gzip"),
             (pa.array(uris, pa.string()), "none"),
+            (pa.array(uris, pa.string_view()), "snappy"),
         ]
     ):
         table = pa.table({"extra": [1, 2, 3], "uri": column})
         pq.write_table(table, folder / f"part-x-{i}.parquet", compression=codec, row_group_size=1)
     check_partitions(str(out), DATE)
     found = existing(str(out), skip_policy(SKIP_DATE, DATE))
-    assert sorted(found) == ["/x/a.jpg", "/x/b.jpg"] and len(found["/x/a.jpg"]) == 6
+    assert sorted(found) == ["/x/a.jpg", "/x/b.jpg"] and len(found["/x/a.jpg"]) == 8

@@ -154,3 +154,71 @@ def test_grayscale_jpeg_becomes_equal_channels():
     out = decode_and_resize(encode(Image.fromarray(gray, "L"), "JPEG", quality=95), 64)
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
     assert np.abs(out[..., 0].astype(int) - gray).max() <= 4
+
+
+# --- a JPEG without its end marker: whole scans labelled, cut scans not ----------------------
+
+
+def photo_like(height: int = 96, width: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def jpegs() -> dict[str, bytes]:
+    """name -> a complete JPEG file (ending in its end marker, FFD9)."""
+    picture = Image.fromarray(photo_like())
+    cmyk = Image.fromarray(np.dstack([photo_like(), photo_like()[..., :1]]), "CMYK")
+    return {
+        "baseline": encode(picture, "JPEG", quality=90),
+        "progressive": encode(picture, "JPEG", quality=90, progressive=True),
+        "restart intervals": encode(picture, "JPEG", quality=90, restart_marker_blocks=2),
+        "grayscale": encode(picture.convert("L"), "JPEG", quality=90),
+        "cmyk": encode(cmyk, "JPEG", quality=90),
+    }
+
+
+def independent_decode(data: bytes, size: int) -> np.ndarray:
+    """Pillow's own decode and bilinear resize of a complete file."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    rgb = img.convert("RGB") if img.mode != "CMYK" else img.convert("RGB")
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=float)
+
+
+@pytest.mark.parametrize("name", sorted(jpegs()))
+@pytest.mark.parametrize("cut", [b"\xff\xd9", b"\xd9"])  # the marker, or its second byte
+def test_a_jpeg_missing_its_end_marker_is_decoded_as_the_complete_file(name, cut):
+    complete = jpegs()[name]
+    assert complete.endswith(b"\xff\xd9")
+    missing = complete[: -len(cut)]
+    out = decode_and_resize(missing, 64)
+    np.testing.assert_array_equal(out, decode_and_resize(complete, 64))
+    assert np.abs(out - independent_decode(complete, 64)).max() <= 3
+
+
+def scan_starts(data: bytes) -> list[int]:
+    """Offsets of the start-of-scan markers (FFDA) of a JPEG."""
+    return [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+
+
+@pytest.mark.parametrize("name", sorted(jpegs()))
+@pytest.mark.parametrize("where", [0.5, 0.9, 0.99])
+def test_a_jpeg_cut_inside_its_scan_data_stays_truncated(name, where):
+    complete = jpegs()[name]
+    last = scan_starts(complete)[-1]
+    cut = complete[: last + int((len(complete) - 2 - last) * where)]
+    with pytest.raises(DecodeError, match="truncated") as raised:
+        decode_and_resize(cut, 64)
+    assert raised.value.reason == "corrupt image"
+
+
+def test_a_progressive_jpeg_cut_between_its_scans_stays_truncated():
+    """Every scan there is whole, but the later ones, which refine the coefficients, are
+    missing: not the complete picture."""
+    complete = jpegs()["progressive"]
+    starts = scan_starts(complete)
+    assert len(starts) > 2
+    for start in starts[1:]:
+        with pytest.raises(DecodeError, match="truncated"):
+            decode_and_resize(complete[:start], 64)

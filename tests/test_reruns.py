@@ -119,3 +119,56 @@ def test_rerun_after_a_run_killed_part_way(where, gcs, gcs_images, probe_model, 
         proc = cli(*args, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert labelled_uris(out) == all_uris(images)
+
+
+def rewrite_with(tool: str, files: list[str], target: str) -> None:
+    """The rows of `files` rewritten into one file by Polars (its strings as large_string,
+    lz4, row groups of 2) or DuckDB (an extra column, zstd, row groups of 1)."""
+    if tool == "polars":
+        import polars as pl
+
+        frame = pl.concat([pl.read_parquet(path) for path in files])
+        frame.write_parquet(target, compression="lz4", row_group_size=2)
+    else:
+        import duckdb
+
+        listed = ", ".join(f"'{path}'" for path in files)
+        duckdb.sql(
+            f"COPY (SELECT *, 'compacted' AS note FROM read_parquet([{listed}])) TO '{target}' "
+            "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1)"
+        )
+
+
+@pytest.mark.parametrize("tool", ["polars", "duckdb"])
+def test_partitions_other_tools_rewrote_are_output(tool, image_dir, probe_model, tmp_path):
+    """Each partition compacted into one file by Polars or DuckDB, the job's files deleted:
+    the same command finds everything done, labels nothing and writes nothing."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    bad = sorted(image_dir["bad"])[0]
+    inputs = [f"--input={image_dir['root']}/patch_*.png", f"--input={bad}"]
+    args = [*inputs, f"--output={out}", f"--model={probe_model}", "--image_size=32"]
+    args += ["--max_error_ratio=0.5", "--date=2025-03-04"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = labelled_uris(str(out))
+    assert len(before) == len(image_dir["patches"]) + 1
+    for kind in ("predictions", "errors"):
+        files = output_files(str(out), kind)
+        target = str(out / kind / "date=2025-03-04" / "part-20250304T000000-00000a-c.parquet")
+        rewrite_with(tool, files, target)
+        for path in files:
+            FileSystems.delete([path])
+    uri_type = pq.ParquetFile(target).schema_arrow.field("uri").type
+    assert str(uri_type) == ("large_string" if tool == "polars" else "string")
+    rewritten = {kind: output_files(str(out), kind) for kind in ("predictions", "errors")}
+    assert labelled_uris(str(out)) == before
+
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = again.stderr.strip().splitlines()[-1]
+    assert summary.startswith(f"labelled 0 of 0 images, 0 failed, {len(before)} already in"), (
+        summary
+    )
+    assert {kind: output_files(str(out), kind) for kind in rewritten} == rewritten

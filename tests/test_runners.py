@@ -27,7 +27,7 @@ IMAGE = "us-docker.pkg.dev/test-project/labeler/image-labeler:1"
 
 
 def script(
-    name: str, *args: str, timeout: int = 300, env: dict | None = None
+    name: str, *args: str, timeout: int = 300, env: dict | None = None, cwd=None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(pathlib.Path(ROOT) / name), *args],
@@ -35,6 +35,7 @@ def script(
         text=True,
         timeout=timeout,
         env=cli_env() | (env or {}),
+        cwd=cwd,
     )
 
 
@@ -131,7 +132,8 @@ def test_dataflow_job_is_staged_as_a_template(mode, gcs, bucket, probe_model, sa
 
 
 def test_flink_path_runs_through_the_job_api(image_dir, probe_model, tmp_path):
-    """run_flink.sh against Beam's Python job service, workers from an EXTERNAL pool."""
+    """run_flink.sh against Beam's Python job service, workers from an EXTERNAL pool; relative
+    paths from the folder it is run in (tests/test_entry_points.py: the other commands)."""
     services = PortableServices(str(tmp_path / "staging"), free_port(), free_port()).start()
     try:
         out = tmp_path / "out"
@@ -139,13 +141,14 @@ def test_flink_path_runs_through_the_job_api(image_dir, probe_model, tmp_path):
             "run_flink.sh",
             f"--job_endpoint={services.job_endpoint}",
             f"--worker_pool={services.worker_pool}",
-            f"--input={image_dir['root']}/patch_*.png",
-            f"--input={image_dir['root']}/empty.jpg",
-            f"--output={out}",
+            "--input=images/patch_*.png",
+            "--input=images/empty.jpg",
+            "--output=out",
             f"--model={probe_model}",
             "--max_error_ratio=0.5",  # the test folders hold 5 bad files of 35
             "--image_size=32",
             "--date=2025-06-02",
+            cwd=tmp_path,  # image_dir['root'] is tmp_path/images
         )
     finally:
         services.stop()

@@ -74,11 +74,15 @@ def read_part_file(path: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def holds_text(kind: pa.DataType) -> bool:
-    """A column type that holds URIs: string or large_string (Polars, DuckDB and Spark
-    rewrite files with either), plain or dictionary-encoded."""
+    """A column type that holds URIs: string, large_string or string_view (Polars, DuckDB
+    and Spark rewrite files with these), plain or dictionary-encoded."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_string_view(kind)
+
+
+def is_string_view(kind: pa.DataType) -> bool:
+    return kind == pa.string_view()
 
 
 def check_part_file(path: str) -> None:
@@ -170,7 +174,7 @@ class JoinCounts:
 
     @property
     def identical(self) -> int:
-        """Inputs served by another's read (identical content)."""
+        """Inputs to be served by another's read (identical content), if that read works."""
         return self.to_label - self.to_read
 
 
@@ -256,10 +260,9 @@ def new_items(grouped: tuple[str, dict[str, Iterable]], model_version: str) -> I
 
 
 def to_work(key: str, items: Iterable[Listed]) -> Work:
-    """The inputs of one content key -> one work unit; all but one are served by its read."""
-    work = as_work(items)
-    metrics.images_identical.inc(len(work) - 1)
-    return work
+    """The inputs of one content key -> one work unit (those served by another's read are
+    counted when they are labelled: postprocess.ToPredictionRow)."""
+    return as_work(items)
 
 
 class KeepNew(beam.PTransform):

@@ -33,11 +33,13 @@ Output = Any  # (work, image) or TaggedOutput(ERRORS, error row)
 
 
 class Failure(NamedTuple):
-    """A work unit whose read or decode failed: an error row for each of its inputs."""
+    """Inputs whose read or decode failed: an error row for each. last: the work unit's
+    final result (a read that failed with members of identical content left to read is not)."""
 
     work: Work
     stage: str
     exc: BaseException
+    last: bool = True
 
     def rows(self) -> list[dict]:
         return [failure_row(i.uri, self.stage, self.exc, i.version) for i in self.work]
@@ -120,7 +122,9 @@ class Feeder:
         weakref.finalize(self, shut_down, self._reads, self._decodes)
 
     def submit(self, work: Work, image_size: int, max_pixels: int, done: queue.SimpleQueue):
-        """Reads and decodes the work's first input; puts (work, image) or a Failure."""
+        """Reads the work's inputs in order until one reads (a read that fails is that input's
+        own Failure, not last) and decodes it: puts (the inputs from it on, image) or their
+        Failure, last."""
         self._reads.submit(self._read, work, image_size, max_pixels, done)
 
     def read_bytes(self, uri: str) -> bytes:
@@ -137,16 +141,19 @@ class Feeder:
             return self._gcs
 
     def _read(self, work: Work, image_size: int, max_pixels: int, done: queue.SimpleQueue):
-        try:
-            data = self.read_bytes(work[0].uri)
-        except BaseException as e:  # every failure becomes an error row
-            done.put(Failure(work, v.READ, e))
+        for i, item in enumerate(work):
+            try:
+                data = self.read_bytes(item.uri)
+            except BaseException as e:  # every failure becomes an error row, its input's own
+                done.put(Failure((item,), v.READ, e, last=i == len(work) - 1))
+                continue
+            rest = work[i:]  # inputs of identical content: served by this read
+            try:
+                self._decodes.submit(self._decode, rest, data, image_size, max_pixels, done)
+            except BaseException as e:  # a pool shut down under us
+                self.budget.release(len(data))
+                done.put(Failure(rest, v.DECODE, e))
             return
-        try:
-            self._decodes.submit(self._decode, work, data, image_size, max_pixels, done)
-        except BaseException as e:  # a pool shut down under us
-            self.budget.release(len(data))
-            done.put(Failure(work, v.DECODE, e))
 
     def _decode(self, work: Work, data: bytes, image_size: int, max_pixels: int, done):
         try:
@@ -228,8 +235,9 @@ class ReadAndDecode(beam.DoFn):
                 out = self._done.get(block=block)
             except queue.Empty:
                 return
-            block = False
-            self._pending -= 1
+            if not isinstance(out, Failure) or out.last:  # a work unit done
+                block = False
+                self._pending -= 1
             if not isinstance(out, Failure):
                 yield wrap(out)
                 continue

@@ -141,7 +141,18 @@ def decoded_bytes(img: Image.Image, size: int) -> int:
 
 def to_square(data: bytes, img: Image.Image, size: int) -> np.ndarray:
     """An opened image (open_image) -> uint8 (size, size, 3) RGB, upright: decode_and_resize
-    after its header check."""
+    after its header check. A JPEG whose scans are whole but whose end marker is missing is
+    decoded with the marker added (what a browser shows); one cut inside its scans is not."""
+    try:
+        return decode_square(data, img, size)
+    except DecodeError:
+        whole = with_end_marker(data, img) if img.format == "JPEG" else None
+        if whole is None:
+            raise
+    return decode_square(whole, Image.open(io.BytesIO(whole)), size)
+
+
+def decode_square(data: bytes, img: Image.Image, size: int) -> np.ndarray:
     if img.format == "JPEG" and img.mode in ("RGB", "L"):
         return jpeg_to_square(data, img, size)
     try:
@@ -212,3 +223,85 @@ def jpeg_to_square(data: bytes, img: Image.Image, size: int) -> np.ndarray:
     out = resize_square(Image.fromarray(pixels), size)
     orient = _ORIENT.get(img.getexif().get(ORIENTATION_TAG))
     return np.ascontiguousarray(orient(out)) if orient else out
+
+
+# --- A JPEG without its end marker ---------------------------------------------------------
+
+EOI = b"\xff\xd9"  # end of image
+_SOS = 0xDA  # start of scan
+_DCT_FRAMES = {0xC0, 0xC1, 0xC2, 0xC9, 0xCA}  # baseline, extended, progressive (both codings)
+_OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical
+
+
+def with_end_marker(data: bytes, img: Image.Image) -> bytes | None:
+    """`data` + EOI when the JPEG has no end marker but every scan it needs (scans_complete)
+    and, with the marker added, decodes strictly (libjpeg-turbo, warnings as errors: scan
+    data cut short hits the marker and fails); else None."""
+    if not scans_complete(data):
+        return None
+    whole = data + EOI
+    try:
+        simplejpeg.decode_jpeg(whole, colorspace="CMYK" if img.mode == "CMYK" else "RGB")
+    except ValueError:
+        return None
+    return whole
+
+
+def scans_complete(data: bytes) -> bool:
+    """Whether the JPEG's segments, walked from its start, end without an end-of-image
+    marker, none cut short, after scans that bring every coefficient of every component to
+    full precision (a progressive file cut between two scans has not). Whether the last
+    scan's entropy-coded data is whole only a decode can say (with_end_marker)."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    pos, end = 2, len(data)
+    final: dict[int, set[int]] | None = None  # component id -> coefficients at full precision
+    while pos < end:
+        if data[pos] != 0xFF:
+            return False  # bytes between segments that are not a marker
+        while pos < end and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= end:
+            break
+        marker, pos = data[pos], pos + 1
+        if marker == EOI[1]:
+            return False  # it has one
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            continue
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        body = data[pos + 2 : pos + length]
+        if length < 2 or len(body) < length - 2:
+            return False  # a segment cut short
+        pos += length
+        if marker in _OTHER_FRAMES:
+            return False
+        if marker in _DCT_FRAMES and len(body) >= 6:
+            final = {body[6 + 3 * i]: set() for i in range(body[5]) if 8 + 3 * i < len(body)}
+        elif marker == _SOS:
+            if final is None or not body or len(body) < 4 + 2 * body[0]:
+                return False
+            count = body[0]
+            first, last, low = body[1 + 2 * count], body[2 + 2 * count], body[3 + 2 * count] & 15
+            for component in body[1 : 1 + 2 * count : 2]:
+                if component not in final:
+                    return False
+                if low == 0:  # this scan leaves these coefficients at full precision
+                    final[component].update(range(first, min(last, 63) + 1))
+            pos = scan_end(data, pos)
+    return bool(final) and all(len(done) == 64 for done in final.values())
+
+
+def scan_end(data: bytes, pos: int) -> int:
+    """Where a scan's entropy-coded data from `pos` ends: at the next marker (0xFF followed
+    by neither a stuffed 0x00 nor a restart marker), or at the end of the data."""
+    while True:
+        at = data.find(b"\xff", pos)
+        if at < 0 or at + 1 >= len(data):
+            return len(data)
+        following = data[at + 1]
+        if following == 0xFF:
+            pos = at + 1
+        elif following == 0x00 or 0xD0 <= following <= 0xD7:
+            pos = at + 2
+        else:
+            return at

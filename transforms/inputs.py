@@ -175,8 +175,30 @@ def check_pattern(pattern: str, exclude: Sequence[str] = ()) -> None:
             return
     except Exception as e:  # unreachable bucket, bad credentials, ...
         raise InputError(f"--input {shown}: cannot list it ({error_line(e)})") from e
+    missing = missing_folder(pattern)
+    if missing is not None:
+        path, closest = (printable(p) for p in missing)
+        what = f"--input {shown}" if path == shown else f"--input {shown}: the folder {path}"
+        raise InputError(f"{what} does not exist; the closest folder that does is {closest}")
     outside = " outside the run's own --output folders" if exclude else ""
     raise InputError(f"--input {shown} matches no file{outside}; check the path and glob")
+
+
+def missing_folder(pattern: str) -> tuple[str, str] | None:
+    """For a local pattern whose fixed part (up to its first glob character) names a folder,
+    or for a path without glob, that does not exist: (that path, the closest folder above it
+    that exists); None otherwise (other filesystems have no folders to name)."""
+    local = local_path(pattern)
+    if local is None:
+        return None
+    fixed = _LITERAL_PREFIX.match(local)[0]
+    path = fixed if fixed == local else os.path.dirname(fixed)
+    if os.path.lexists(path):
+        return None
+    closest = os.path.dirname(path)
+    while not os.path.isdir(closest):
+        closest = os.path.dirname(closest)
+    return path, closest
 
 
 def list_pattern(

@@ -14,7 +14,7 @@ IMAGES_QUEUED = "images_queued"  # new URIs, after the skip
 IMAGES_READ = "images_read"
 IMAGES_SKIPPED = "images_skipped"  # already in the output
 IMAGES_CHANGED = "images_changed"  # labelled before, source changed
-IMAGES_IDENTICAL = "images_identical"  # served by another's read
+IMAGES_IDENTICAL = "images_identical"  # labelled from another input's read (same content)
 IMAGES_LABELLED = "images_labelled"
 REASON_PREFIX = "reason:"  # one counter per stage and reason: reason:<stage>:<reason>
 

@@ -80,8 +80,9 @@ def prediction_rows(
 
 class ToPredictionRow(beam.DoFn):
     """(work, PredictionResult) -> a prediction row per input of the work, each counted as
-    labelled; scores that are not finite -> an error row per input, tagged ERRORS (stage
-    inference), each counted as failed."""
+    labelled (all but the one read also as served by an identical image); scores that are
+    not finite -> an error row per input, tagged ERRORS (stage inference), each counted as
+    failed."""
 
     def __init__(self, labels: Sequence[str], k: int, model: str):
         self._labels = list(labels)
@@ -98,6 +99,7 @@ class ToPredictionRow(beam.DoFn):
                 metrics.count_failure(error)
                 yield beam.pvalue.TaggedOutput(v.ERRORS, error)
             return
+        metrics.images_identical.inc(len(rows) - 1)
         for row in rows:
             metrics.count_labelled()
             yield row

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pyarrow as pa
 
+from transforms.printable import printable
 from transforms.vocabulary import READ, ImageError, reason_for
 
 # Which input, which weights and which pixels produced a row (README "Output"): the source's
@@ -48,18 +49,21 @@ def utc_now() -> dt.datetime:
 
 
 def describe(exc: BaseException) -> str:
-    """'ExceptionType: message', the form error rows carry."""
-    return f"{type(exc).__name__}: {exc}"
+    """'ExceptionType: message (notes)', the form error rows carry (a read tried several
+    times notes how many: storage/retries.py)."""
+    notes = "; ".join(getattr(exc, "__notes__", None) or ())
+    return f"{type(exc).__name__}: {exc}{f' ({notes})' if notes else ''}"
 
 
 def error_row(uri: str, stage: str, reason: str, error: str, source_version: str = "") -> dict:
-    """An error row; `reason` is one of vocabulary.REASONS[stage], `error` the detail (the
-    model version and preprocessing are stamped on as the rows are written)."""
+    """An error row; `reason` is one of vocabulary.REASONS[stage], `error` the detail, one
+    line whatever the URIs and messages in it hold (control characters escaped: printable);
+    the model version and preprocessing are stamped on as the rows are written."""
     return {
         "uri": uri,
         "stage": stage,
         "reason": reason,
-        "error": error,
+        "error": printable(error),
         SOURCE_VERSION: source_version,
         "processed_at": utc_now(),
     }

@@ -41,7 +41,7 @@ _READ_REASONS_BY_TYPE = {
     "Forbidden": NO_ACCESS,
     "Unauthorized": NO_ACCESS,
     "IsADirectoryError": NOT_A_FILE,
-    # A stored checksum not matched: gcs.ChecksumMismatch from the job's reader, and
+    # A stored checksum not matched: retries.ChecksumMismatch from the job's reader, and
     # DataCorruption from google-cloud-storage's download (tests/test_gcs_contract.py).
     "ChecksumMismatch": READ_FAILED,
     "DataCorruption": READ_FAILED,

@@ -23,6 +23,7 @@ from typing import Any
 from transforms import vocabulary as v
 from transforms.storage.bounded import ByteBudget, read_at_most, too_large
 from transforms.storage.listing import Listed
+from transforms.storage.retries import ChecksumMismatch, ShortBody, with_retries
 from transforms.storage.uris import gcs_buckets, split_gcs
 
 TIMEOUT_S = 60  # connect and read, as the storage client's default
@@ -34,11 +35,6 @@ ADC_HINT = (
     "use Application Default Credentials that can read it (gcloud auth "
     "application-default login, or GOOGLE_APPLICATION_CREDENTIALS)"
 )
-
-
-class ChecksumMismatch(Exception):
-    """The bytes received do not match the object's stored checksum (not retried, as by
-    the storage client)."""
 
 
 class BadGzip(Exception):
@@ -256,11 +252,10 @@ def environment_pool(endpoint: str, size: int) -> Any:
 
 class GcsReader:
     """Reads gs:// objects whole and bounded, up to `connections` at once, as the job: the
-    credentials, endpoint and headers of access(options), Beam's retry policy."""
+    credentials, endpoint and headers of access(options), retried as retries.py says."""
 
     def __init__(self, connections: int, options: Mapping | Any = None):
         import urllib3
-        from apache_beam.io.gcp.gcsio_retry import DEFAULT_RETRY_WITH_THROTTLING_COUNTER
         from google.auth.transport.urllib3 import AuthorizedHttp
 
         job = access(options)
@@ -271,7 +266,6 @@ class GcsReader:
         self.headers = {**job.headers, "Accept-Encoding": "gzip"}
         pool = environment_pool(self.endpoint, connections + 4)
         self._http = AuthorizedHttp(job.credentials, http=pool)
-        self._retry = DEFAULT_RETRY_WITH_THROTTLING_COUNTER
         self._timeout = urllib3.Timeout(connect=TIMEOUT_S, read=TIMEOUT_S)
 
     def read(self, uri: str, max_bytes: int, unknown_size: int, budget: ByteBudget) -> bytes:
@@ -281,11 +275,12 @@ class GcsReader:
 
         One request: an object whose announced size is above max_bytes is refused from the
         headers, its body unread; one whose size is not announced holds `unknown_size` bytes
-        until read. The stored checksum is checked on the bytes as stored. Transient faults
-        are retried by Beam's policy; 404 raises NotFound and 403 Forbidden
-        (google.api_core.exceptions).
+        until read. A body shorter than its Content-Length raises ShortBody, bytes that do not
+        match the stored checksum ChecksumMismatch; those and other transient faults are
+        tried again (retries.with_retries); 404 raises NotFound and 403 Forbidden
+        (google.api_core.exceptions), at once.
         """
-        return self._retry(self._attempt)(uri, max_bytes, unknown_size, budget)
+        return with_retries(lambda: self._attempt(uri, max_bytes, unknown_size, budget))
 
     def _attempt(self, uri: str, max_bytes: int, unknown_size: int, budget: ByteBudget):
         from google.api_core import exceptions
@@ -314,6 +309,8 @@ class GcsReader:
             budget.acquire(expected)
             try:
                 data = read_at_most(response.read, expected, max_bytes, uri)
+                if announced is not None and len(data) < expected:
+                    raise ShortBody(f"{uri}: {len(data):,} of the {expected:,} bytes announced")
                 check_hash(response.headers.get("x-goog-hash"), data, uri)
                 if gzipped:
                     data = gunzip_at_most(data, max_bytes, uri)
