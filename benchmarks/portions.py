@@ -43,7 +43,7 @@ from benchmarks.scale import BATCH, DISTINCT, SIZE, jpeg, make_tree
 from benchmarks.workload import build_b3, build_trivial, make_photos
 
 DATE = "2026-01-01"
-SUMMARY = re.compile(r"labelled (\d+) of (\d+) images")
+SUMMARY = re.compile(r"labelled ([\d,]+) of ([\d,]+) images")
 PORTIONS = re.compile(r"([\d,]+) portions? committed")
 PROGRESS = re.compile(r"labelling: ([\d,]+) of ([\d,]+) images")
 PART = re.compile(r"part-(.+)-(\d{5})-of-(\d{5})\.parquet$")
@@ -205,7 +205,7 @@ def labelled(inputs: str, out: str, model: str, *extra: str, poll=None) -> dict:
     result["summary"] = lines[-1:] if lines else []
     found = SUMMARY.search(stderr)
     if found:
-        result["summary_labelled"] = int(found[1])
+        result["summary_labelled"] = int(found[1].replace(",", ""))
     committed = PORTIONS.search(stderr)
     result["portions_committed"] = int(committed[1].replace(",", "")) if committed else None
     spans = by_portion(out, before)

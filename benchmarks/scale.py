@@ -35,7 +35,7 @@ DISTINCT = 1000  # distinct JPEGs; every other name is a hard link to one of the
 PER_FOLDER = 1000
 NEW, CHANGED = 10_000, 1_000
 SIZE, BATCH = 32, 128
-LABELLED = re.compile(r"labelled (\d+) of (\d+) images")
+LABELLED = re.compile(r"labelled ([\d,]+) of ([\d,]+) images")
 
 
 def jpeg(seed: int, path: str) -> None:
@@ -137,7 +137,7 @@ def flink_day1(photos: str, out: str, model: str, work: str) -> dict:
         return {
             "wall_s": round(wall, 1),
             "exit": proc.returncode,
-            "labelled": int(found[1]) if found else None,
+            "labelled": int(found[1].replace(",", "")) if found else None,
             "tail": proc.stderr.strip().splitlines()[-1:],
         }
     finally:

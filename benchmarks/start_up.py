@@ -78,7 +78,7 @@ def main() -> None:
     result: dict = {
         "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "before": args.before,
+        "before_commit": args.before,
         "runs": args.runs,
     }
     for name, got in runs.items():

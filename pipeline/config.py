@@ -27,6 +27,7 @@ from transforms.models.catalog import (
 )
 from transforms.models.labels import load_labels
 from transforms.output import probe_writable
+from transforms.postprocess import labelling_id
 from transforms.printable import printable
 from transforms.storage import gcs
 from transforms.storage.bounded import MB
@@ -63,6 +64,7 @@ class Config:
     max_inflight_bytes: int
     max_object_bytes: int
     max_error_ratio: float
+    max_attempts: int  # error rows of a failure that may pass, before it is final (done.py)
     model_version: str = ""  # a digest of the model's content, settled with the model
     preprocess: str = ""  # what changes pixels (images.preprocess_id), settled with the size
     # The job's PipelineOptions that were set (gcs.job_options): gs:// is checked and read
@@ -76,6 +78,12 @@ class Config:
     def skip(self) -> SkipPolicy:
         """What the run counts as done (--skip_existing, transforms/done.py)."""
         return skip_policy(self.skip_existing, self.date)
+
+    @property
+    def labelling(self) -> str:
+        """Which labels the run's predictions keep (--top_k, the class names): their
+        `labelling` column, compared with the done rows' (transforms/done.py)."""
+        return labelling_id(self.labels, self.top_k)
 
     @property
     def lease_scope(self) -> str:
@@ -289,5 +297,6 @@ def check_flags(opts: LabelerOptions) -> Config:
         max_inflight_bytes=int(opts.max_inflight_mb * MB),
         max_object_bytes=int(opts.max_object_mb * MB),
         max_error_ratio=opts.max_error_ratio,
+        max_attempts=opts.max_attempts,
         storage_options=gcs.job_options(opts),
     )

@@ -15,7 +15,13 @@ from transforms.inputs import ListInputs
 from transforms.models.handler import ImageClassifierHandler
 from transforms.output import WRITE_STEPS, WritePartition
 from transforms.postprocess import ToPredictionRow, failed_batch_rows
-from transforms.rows import ERROR_SCHEMA, MODEL_VERSION, PREDICTION_SCHEMA, PREPROCESS
+from transforms.rows import (
+    ERROR_SCHEMA,
+    LABELLING,
+    MODEL_VERSION,
+    PREDICTION_SCHEMA,
+    PREPROCESS,
+)
 from transforms.vocabulary import ERRORS, PREDICTIONS
 
 
@@ -46,7 +52,9 @@ def select_work(pipeline: beam.Pipeline, config: Config) -> beam.PCollection:
         config.manifest_stream,
     )
     done = pipeline | "ExistingOutput" >> ExistingRows(config.output, config.skip)
-    return (wanted, done) | "KeepNew" >> KeepNew(config.model_version)
+    return (wanted, done) | "KeepNew" >> KeepNew(
+        config.model_version, config.labelling, config.max_attempts
+    )
 
 
 def model_handler(config: Config) -> KeyedModelHandler:
@@ -96,7 +104,12 @@ def build_pipeline(
     )
     errors = (decoded[ERRORS], scored[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
 
-    stamp = {MODEL_VERSION: config.model_version, PREPROCESS: config.preprocess}
+    # Each kind's schema keeps the columns it has (errors have no labelling).
+    stamp = {
+        MODEL_VERSION: config.model_version,
+        PREPROCESS: config.preprocess,
+        LABELLING: config.labelling,
+    }
 
     def write(kind, schema):
         return WritePartition(config.output, kind, config.date, run_id, schema, stamp)

@@ -21,6 +21,7 @@ from transforms.feed import (
 from transforms.images import MAX_IMAGE_SIZE
 from transforms.models.catalog import DEFAULT_MODEL, LITE0, NATIVE_SIZES
 from transforms.models.labels import DEFAULT_LABELS
+from transforms.printable import printable
 from transforms.storage.bounded import MB
 
 
@@ -200,6 +201,20 @@ FLAGS: tuple[Flag, ...] = (
         const=SKIP_ALL,
     ),
     Flag(
+        "max_attempts",
+        "A failure a later run may cure (a read refused or failed after its retries, a model "
+        "batch that failed) is tried again by later runs until this many error rows of the "
+        "image's source and model version say it failed; 1: never tried again. Content "
+        "faults (corrupt, not an image, too large...) are never tried again",
+        type=int,
+        default=3,
+        metavar="N",
+        low=1,
+        high=100,
+        unit="attempts",
+        low_in_help=True,
+    ),
+    Flag(
         "portion_seconds",
         "DirectRunner and Flink label the run in portions of about this much work, each "
         "committed to the output as soon as it is done: a crash keeps every finished portion, "
@@ -341,7 +356,8 @@ class _Parser(argparse.ArgumentParser):
         return self.listed.format_help()
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")  # one line, no usage
+        # One line, no usage; a flag or value with a control character in it is escaped.
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
     def refuse_extra(self, argv: Sequence[str], extra: Sequence[str]):
         """One line for what parse_known_args left over: a flag it does not know (naming the

@@ -13,8 +13,9 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.graph import classifier
+from pipeline.numbers import duration
 from pipeline.portions import portions_needed, select_work
-from transforms.done import JoinCounts
+from transforms.done import JoinCounts, labelled_otherwise, not_tried_again
 from transforms.feed import Failure, Feeder
 from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.models.catalog import ModelError
@@ -97,10 +98,6 @@ def estimate(config: Config) -> Plan:
     return plan
 
 
-def hours(seconds: float) -> str:
-    return f"{seconds / 3600:.3g} h"
-
-
 def committed_as(plan: Plan, config: Config) -> str:
     """How a run here commits its work: in portions (pipeline/portions.py), or at its end."""
     if config.portion_seconds <= 0:
@@ -118,8 +115,11 @@ def format_plan(plan: Plan, config: Config) -> str:
     counts = plan.counts
     lines = [
         f"inputs listed: {counts.listed:,} ({counts.distinct:,} distinct URIs)",
-        f"already labelled (same source and model version): {counts.done:,}",
+        f"already labelled (same source and model version): {counts.done:,}"
+        + (f", {labelled_otherwise(counts.otherwise)}" if counts.otherwise else ""),
         f"changed since labelled: {counts.changed:,}",
+        f"failed before, tried again (a reason that may pass): {counts.retried:,}"
+        + (f"; {not_tried_again(counts.final, config.max_attempts)}" if counts.final else ""),
         f"to label: {counts.to_label:,}, of which {counts.identical:,} served by an identical "
         "image",
         f"to read: {counts.to_read:,} images, {plan.bytes_to_read / 2**20:,.1f} MiB"
@@ -128,12 +128,12 @@ def format_plan(plan: Plan, config: Config) -> str:
     if plan.sampled:
         lines += [
             f"timed on this machine: {plan.sampled:,} images read and decoded "
-            f"({1000 * plan.decode_wall_s:.1f} ms each at --read_concurrency "
-            f"{config.read_concurrency}, {1000 * plan.decode_cpu_s:.1f} ms of CPU), the model "
-            f"{1000 * plan.model_s:.1f} ms per image in batches of {config.batch_size}",
-            f"projected here: {hours(plan.projected_s())}; for the whole set: decode "
-            f"{hours(counts.to_read * plan.decode_cpu_s)} of vCPU, model "
-            f"{hours(counts.to_read * plan.model_s)} on this machine",
+            f"({1000 * plan.decode_wall_s:,.1f} ms each at --read_concurrency "
+            f"{config.read_concurrency:,}, {1000 * plan.decode_cpu_s:,.1f} ms of CPU), the "
+            f"model {1000 * plan.model_s:,.1f} ms per image in batches of {config.batch_size:,}",
+            f"projected here: {duration(plan.projected_s())}; for the whole set: decode "
+            f"{duration(counts.to_read * plan.decode_cpu_s)} of vCPU, model "
+            f"{duration(counts.to_read * plan.model_s)} on this machine",
             committed_as(plan, config),
         ]
     lines.append(f"model version {config.model_version}; nothing was written")

@@ -139,7 +139,15 @@ def select_work(config: Config, emit: Callable[[Work], None]) -> JoinCounts:
     # One listing names each URI once; a second pattern or a manifest may repeat one.
     unique = len(config.inputs) == 1 and not config.manifest
     done = existing(config.output, config.skip)
-    return join(listed, done, config.model_version, emit, unique=unique)
+    return join(
+        listed,
+        done,
+        config.model_version,
+        emit,
+        unique=unique,
+        labelling=config.labelling,
+        max_attempts=config.max_attempts,
+    )
 
 
 def spool_work(config: Config) -> tuple[JoinCounts, Spool]:
@@ -159,8 +167,12 @@ def join_counters(counts: JoinCounts) -> dict[str, int]:
     (inputs served by an identical image are counted by the portions' jobs, as labelled)."""
     return {
         metrics.IMAGES_SKIPPED: counts.done,
+        metrics.IMAGES_OTHERWISE: counts.otherwise,
         metrics.IMAGES_CHANGED: counts.changed,
         metrics.IMAGES_QUEUED: counts.to_label,
+        metrics.IMAGES_RETRIED: counts.retried,
+        metrics.IMAGES_FINAL: counts.final,
+        metrics.ROWS_SUPERSEDED: counts.superseded,
     }
 
 

@@ -7,38 +7,33 @@ import threading
 import time
 from typing import TextIO
 
+from pipeline.numbers import duration, per_second
 from transforms.metrics import FAILED, LABELLED, LISTED, LIVE, QUEUED
-
-
-def clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def format_progress(
     counts: dict[str, int], seconds: float, labelling_seconds: float, final: bool = False
 ) -> str:
-    """counts: queued/labelled/failed so far; seconds since the start; labelling_seconds
-    since the first image was labelled (the rate's window, so model loading does not count;
-    no rate until it is 1 s long)."""
+    """counts: queued/labelled/failed so far; seconds since the run started (the rate's
+    window, as in the summary: pipeline/numbers.rate); labelling_seconds since the first
+    image was labelled (the ETA's pace, so model loading does not stretch it; no rate or ETA
+    until it is 1 s long)."""
     done = counts[LABELLED] + counts[FAILED]
     total = counts[QUEUED]
     if total == 0:
         listed = counts.get(LISTED, 0)
         what = "nothing new to label" if final else "listing the inputs"
         what += f", {listed:,} found" if listed and not final else ""
-        return f"labelling: {what} ({clock(seconds)})"
+        return f"labelling: {what} ({duration(seconds)})"
     if done == 0:
-        return f"labelling: {total:,} images to label, waiting for the first ({clock(seconds)})"
+        return f"labelling: {total:,} images to label, waiting for the first ({duration(seconds)})"
     line = f"labelling: {done:,} of {total:,} images ({100 * done / total:.1f}%)"
     line += f", {counts[FAILED]:,} failed"
     if labelling_seconds >= 1:
-        rate = done / labelling_seconds
-        line += f", {rate:.1f} images/s"
+        line += f", {per_second(done, seconds)}"
         if done < total:
-            line += f", ETA {clock((total - done) / rate)}"
-    return line + f" ({clock(seconds)})"
+            line += f", ETA {duration((total - done) * labelling_seconds / done)}"
+    return line + f" ({duration(seconds)})"
 
 
 class ProgressPrinter:
@@ -52,9 +47,10 @@ class ProgressPrinter:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
 
-    def start(self) -> ProgressPrinter:
+    def start(self, started: float | None = None) -> ProgressPrinter:
+        """`started`: the run's start (time.monotonic()), the summary's too; default now."""
         LIVE.reset()
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started
         self._first_labelled: float | None = None
         self._thread.start()
         return self

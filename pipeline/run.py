@@ -37,9 +37,11 @@ from pipeline.graph import Portion, build_pipeline
 from pipeline.options import LabelerOptions, parse_options
 from pipeline.progress import ProgressPrinter
 from transforms import metrics
+from transforms.done import ALL_DATES as EVERY_DATE
 from transforms.output import committed_rows, remove_temp
-from transforms.printable import printable
-from transforms.storage.lease import Lease, LeaseHeld
+from transforms.printable import error_line, printable
+from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld
+from transforms.supersede import remove_replaced
 from transforms.vocabulary import ERRORS, KINDS, PREDICTIONS
 
 
@@ -132,7 +134,7 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, bool]:
         take_lease(lease)
         printer = None
         if not config.quiet and in_process:
-            printer = ProgressPrinter(sys.stderr, config.progress_interval).start()
+            printer = ProgressPrinter(sys.stderr, config.progress_interval).start(started)
         return finish(execute, config, started, in_process, printer)
     finally:
         lease.release()
@@ -234,15 +236,38 @@ def finish(execute, config: Config, started: float, in_process: bool, printer) -
     counts = jobs.counts
     written = committed(config)
     status, why = summary.outcome(counts, written, config.max_error_ratio)
+    unremoved = None
     if status != exit_status.OUTPUT_LOST:
+        unremoved = remove_replaced_rows(config, counts)
         with contextlib.suppress(Exception):  # debris in _temp/ harms nothing (README)
             remove_temp(config.output, config.run_id)
     seconds = time.monotonic() - started
     portions_run = jobs.finished if jobs.in_portions else None
     print(summary.summarize(counts, written, config, seconds, portions_run), file=sys.stderr)
+    if unremoved:
+        print(f"{prog_name()}: {unremoved}", file=sys.stderr)
     if why:
         print(f"{prog_name()}: error: {why}", file=sys.stderr)
     return status, in_process
+
+
+def remove_replaced_rows(config: Config, counts: dict[str, int]) -> str | None:
+    """Once the run's rows are committed, and where it tried a failure again or found error
+    rows a prediction had replaced: those rows leave the error partitions of the dates its
+    lease covers (every date's with --skip_existing=true, else its date's), so each (URI,
+    source version, model version) has one current row (transforms/supersede.py). None, or
+    a line saying it could not be done; the next run that finds them finishes it."""
+    if not (counts.get(metrics.IMAGES_RETRIED) or counts.get(metrics.ROWS_SUPERSEDED)):
+        return None
+    dates = EVERY_DATE if config.lease_scope == ALL_DATES else config.date
+    try:
+        remove_replaced(config.output, dates, config.run_id)
+    except Exception as e:  # noqa: BLE001 - storage faults: the rows stay, and are found again
+        return (
+            f"error rows that predictions replaced could not all be removed ({error_line(e)}); "
+            "the next run removes them"
+        )
+    return None
 
 
 def stopped(jobs: Jobs, config: Config, signal_name: str, in_process: bool) -> int:

@@ -8,11 +8,16 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipeline.config import Config
 from pipeline.exit_status import OK, OUTPUT_LOST, TOO_MANY_ERRORS
+from pipeline.numbers import duration, per_second
+from transforms.done import labelled_otherwise, not_tried_again
 from transforms.metrics import (
     IMAGES_CHANGED,
+    IMAGES_FINAL,
     IMAGES_IDENTICAL,
     IMAGES_LABELLED,
+    IMAGES_OTHERWISE,
     IMAGES_READ,
+    IMAGES_RETRIED,
     IMAGES_SKIPPED,
     NAMESPACE,
     failed_total,
@@ -39,7 +44,7 @@ def failure_breakdown(counts: dict[str, int]) -> str:
     reasons = [(*which, n) for which, n in named if which]
     by_stage: dict[str, list[str]] = {}
     for stage, reason, n in sorted(reasons, key=lambda r: (r[0], -r[2], r[1])):
-        by_stage.setdefault(stage, []).append(f"{n} {reason}")
+        by_stage.setdefault(stage, []).append(f"{n:,} {reason}")
     return "; ".join(f"{stage}: {', '.join(parts)}" for stage, parts in by_stage.items())
 
 
@@ -60,15 +65,19 @@ def summarize(
     skipped = counts.get(IMAGES_SKIPPED, 0)
     changed = counts.get(IMAGES_CHANGED, 0)
     identical = counts.get(IMAGES_IDENTICAL, 0)
-    rate = (labelled + failed) / seconds if seconds > 0 else 0.0
+    otherwise = counts.get(IMAGES_OTHERWISE, 0)
+    retried, final = counts.get(IMAGES_RETRIED, 0), counts.get(IMAGES_FINAL, 0)
     return (
-        f"labelled {labelled} of {counts.get(IMAGES_READ, 0)} images"
-        f"{f' ({lost} more labelled but not written)' if lost > 0 else ''}, {failed} failed"
+        f"labelled {labelled:,} of {counts.get(IMAGES_READ, 0):,} images"
+        f"{f' ({lost:,} more labelled but not written)' if lost > 0 else ''}, {failed:,} failed"
         f"{f' ({detail})' if detail else ''}"
-        f"{f', {skipped} already in the output' if skipped else ''}"
-        f"{f', {changed} changed since labelled' if changed else ''}"
-        f"{f', {identical} served by an identical image' if identical else ''}"
-        f" in {seconds:.1f} s ({rate:.1f} images/s); "
+        f"{f', {skipped:,} already in the output' if skipped else ''}"
+        f"{f' ({labelled_otherwise(otherwise)})' if otherwise else ''}"
+        f"{f', {changed:,} changed since labelled' if changed else ''}"
+        f"{f', {retried:,} failed before, tried again' if retried else ''}"
+        f"{f', {not_tried_again(final, config.max_attempts)}' if final else ''}"
+        f"{f', {identical:,} served by an identical image' if identical else ''}"
+        f" in {duration(seconds)} ({per_second(labelled + failed, seconds)}); "
         f"{f'{portions:,} portion{plural(portions)} committed; ' if portions is not None else ''}"
         f"{written_to(written, config)}"
     )
@@ -94,7 +103,7 @@ def outcome(counts: dict[str, int], written: dict[str, int], max_error_ratio: fl
         if n > written.get(kind, 0)
     }
     if missing:
-        what = " and ".join(f"{n} {kind} rows" for kind, n in missing.items())
+        what = " and ".join(f"{n:,} {kind} rows" for kind, n in missing.items())
         return OUTPUT_LOST, (
             f"{what} of this run were not written to their partitions; "
             "re-running the same command labels those images again"
@@ -112,12 +121,12 @@ def error_ratio_line(failed: int, total: int, max_error_ratio: float) -> str:
     share = failed / total
     if share <= max_error_ratio:  # all failed, and the bound lets all fail
         return (
-            f"{failed} of {total} images failed (100%): a run where every image failed fails "
+            f"{failed:,} of {total:,} images failed (100%): a run where every image failed fails "
             f"whatever --max_error_ratio says (it is {exact(max_error_ratio)}); "
             "the error rows say why"
         )
     return (
-        f"{failed} of {total} images failed ({above(share, max_error_ratio)}), more than "
+        f"{failed:,} of {total:,} images failed ({above(share, max_error_ratio)}), more than "
         f"--max_error_ratio {exact(max_error_ratio)} allows; the error rows say why"
     )
 

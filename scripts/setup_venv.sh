@@ -11,9 +11,10 @@ if [ ! -f "$stamp" ]; then
   # Said, not shown: pip's own output stays quiet (its errors still print).
   echo "setting up .venv: installing $reqs (the first time, or after it changed: a few minutes)..." >&2
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  # --no-compile: Python compiles a module the first time it is imported instead, and only
-  # those a run imports (a fraction of TensorFlow's): a minute less of set-up.
-  .venv/bin/pip install --quiet --disable-pip-version-check --no-compile -r "$reqs"
+  # pip compiles every module as it installs: with PYTHONDONTWRITEBYTECODE set (as on this
+  # project's VMs) Python never writes them itself, and each run would compile TensorFlow
+  # and Beam anew (a fresh-clone test run took 1.7 times as long with --no-compile).
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$reqs"
   # The project itself, editable: the label-images command runs this checkout's code.
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
   touch "$stamp"

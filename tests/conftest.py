@@ -49,6 +49,7 @@ LONGEST_FIRST = (
     "test_portions_runs.py",
     "test_exit_status.py",
     "test_output_paths.py",
+    "test_retries.py",
     "test_reads.py",
     "test_manifests.py",
     "test_gcs.py",

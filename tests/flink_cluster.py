@@ -246,8 +246,8 @@ def group_members(pgid: int) -> list[str]:
 
 
 SUMMARY = re.compile(
-    r"^labelled (\d+) of (\d+) images.*?, (\d+) failed(?: \((.*?)\))?"
-    r"(?:, (\d+) already in the output)? in ",
+    r"^labelled ([\d,]+) of ([\d,]+) images.*?, ([\d,]+) failed(?: \((.*?)\))?"
+    r"(?:, ([\d,]+) already in the output)?.*? in ",
     re.M,
 )
 
@@ -257,12 +257,16 @@ def summary(stderr: str) -> dict:
     found = SUMMARY.search(stderr)
     assert found, f"no summary line in:\n{stderr[-3000:]}"
     labelled, read, failed, reasons, skipped = found.groups()
+
+    def number(text: str | None) -> int:
+        return int((text or "0").replace(",", ""))
+
     return {
-        "labelled": int(labelled),
-        "read": int(read),
-        "failed": int(failed),
+        "labelled": number(labelled),
+        "read": number(read),
+        "failed": number(failed),
         "reasons": reasons or "",
-        "skipped": int(skipped or 0),
+        "skipped": number(skipped),
     }
 
 

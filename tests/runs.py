@@ -23,7 +23,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline.config import prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
-from tests.gcs_servers import Fault, Gate, LatencyProxy
+from tests.gcs_proxy import Fault, Gate, LatencyProxy
 from transforms.metrics import NAMESPACE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -100,6 +100,7 @@ BAD_OPTIONS = [
     (["--date=yesterday"], "--date yesterday is not a date"),
     # A value holding control characters: escaped, so the error stays one line.
     (["--date=2026-01-01\n\x1b[31m"], "--date 2026-01-01\\n\\x1b[31m is not a date"),
+    (["--top_\x1b[31mk=3"], "unknown flag --top_\\x1b[31mk=3"),
     (["--input=/nonexistent/*.jpg"], "the folder /nonexistent does not exist"),
     # A misspelt folder: it does not exist, and the closest one that does is named.
     (

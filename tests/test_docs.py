@@ -124,3 +124,40 @@ def test_every_module_of_the_command_is_in_the_layout():
     assert "transforms/done.py" in modules
     missing = [m for m in modules if m not in paths]
     assert not missing, f"README's layout does not name: {missing}"
+
+
+def test_the_report_commands_the_readme_gives_are_the_venv_s():
+    """Plain `python` on a fresh machine has no pyarrow (a traceback): the README runs the
+    report with the set-up's Python, in its text and its command blocks."""
+    text = README.replace(section("Layout"), "")
+    given = re.findall(r"`([^`\n]*-m pipeline\.report[^`\n]*)`", text)
+    given += re.findall(r"^    (\S[^\n]*-m pipeline\.report[^\n]*)$", text, re.M)
+    assert len(given) >= 2, given
+    wrong = [g for g in given if not g.startswith(".venv/bin/python -m pipeline.report ")]
+    assert not wrong, f"README runs the report without the set-up's Python: {wrong}"
+
+
+def reasons_table() -> dict[tuple[str, str], str]:
+    """{(stage, reason): its "tried again" cell} from the README's table of error reasons."""
+    text = section("What happens to bad input")
+    header = next(line for line in text.splitlines() if line.startswith("| stage |"))
+    columns = [cell.strip() for cell in header.strip().strip("|").split("|")]
+    assert columns[:3] == ["stage", "reason", "tried again"], columns
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 3:
+            rows[(cells[0].strip("`"), cells[1].strip("`"))] = cells[2]
+    return rows
+
+
+def test_the_reasons_table_says_which_failures_are_tried_again_as_the_code_does():
+    from transforms.vocabulary import FINAL, REASONS, RETRYABLE
+
+    table = reasons_table()
+    code = {(stage, reason) for stage, reasons in REASONS.items() for reason in reasons}
+    assert set(table) == code, f"README and vocabulary differ: {set(table) ^ code}"
+    for (_, reason), cell in table.items():
+        assert cell == ("yes" if reason in RETRYABLE else "no"), (reason, cell)
+    assert RETRYABLE and RETRYABLE.isdisjoint(FINAL)
+    assert RETRYABLE | FINAL == {reason for _, reason in code}

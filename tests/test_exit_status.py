@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.gcs_servers import Gate
+from tests.gcs_proxy import Gate
 from tests.runs import cli, read_rows, signal_at_gate, storage_through_gate
 from tests.test_faults import in_the_way_once_started, running
 

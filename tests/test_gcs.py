@@ -8,7 +8,8 @@ import time
 
 from google.cloud import storage
 
-from tests.gcs_servers import HOST, Fault, free_port
+from tests.gcs_proxy import Fault
+from tests.gcs_servers import HOST, free_port
 from tests.runs import cli, config_for, counter_values, read_rows, run_graph, storage_through_gate
 from transforms import metrics
 

@@ -17,7 +17,8 @@ import urllib3
 from apache_beam.options.pipeline_options import PipelineOptions
 from google.api_core import exceptions as api_exceptions
 
-from tests.gcs_servers import Emulator, Fault, LatencyProxy
+from tests.gcs_proxy import Fault, LatencyProxy
+from tests.gcs_servers import Emulator
 from transforms import rows
 from transforms import vocabulary as v
 from transforms.storage import gcs, retries

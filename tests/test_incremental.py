@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.gcs_servers import Gate
+from tests.gcs_proxy import Gate
 from tests.images import encode
 from tests.runs import (
     cli,
@@ -141,6 +141,44 @@ def test_days_label_only_what_is_new_or_changed(tmp_path, probe_model, failing_m
     assert len(third) == 35 and {r["model_version"] for r in third} == {
         model_version(failing_model)
     }
+
+
+OTHERWISE = (
+    "4 already in the output (4 of them with another --top_k or --labels_file, kept as they "
+    "are: a new --output or --skip_existing=false labels them with this run's)"
+)
+
+
+def test_other_top_k_or_labels_are_said_never_silent(tmp_path, probe_model, probe_labels):
+    """Rows of --top_k 3 count as done for a run with --top_k 5 or other class names, and
+    --plan and the summary say so, and how to relabel; the same settings say nothing."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    write_photos(photos, range(4))
+    common = [f"--input={photos}/*.jpg", f"--output={out}", f"--model={probe_model}"]
+
+    def label(*extra: str):
+        proc = cli(*common, "--image_size=32", "--date=2026-11-01", "--quiet", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    label("--top_k=3")
+    labelling = {r["labelling"] for r in read_rows(str(out), "predictions")}
+    assert len(labelling) == 1 and next(iter(labelling)).startswith("top_k=3 labels=sha256:")
+    files = output_files(str(out), "predictions")
+
+    plan = label("--top_k=5", "--plan", "--plan_sample=1")
+    assert (
+        "plan: already labelled (same source and model version): 4, 4 of them with another "
+        "--top_k or --labels_file, kept as they are" in plan.stdout
+    ), plan.stdout
+    one_job = label("--top_k=5", "--portion_seconds=0")  # the skip as Beam transforms
+    assert OTHERWISE in one_job.stderr, one_job.stderr
+    other_names = label("--top_k=3", f"--labels_file={probe_labels}")  # the run in portions
+    assert OTHERWISE in other_names.stderr, other_names.stderr
+    same = label("--top_k=3")
+    assert "4 already in the output in " in same.stderr and "--top_k" not in same.stderr
+    assert "--top_k" not in label("--top_k=3", "--plan", "--plan_sample=1").stdout
+    assert output_files(str(out), "predictions") == files  # nothing changed, nothing silent
 
 
 def test_skip_existing_date_looks_at_the_run_s_date_only(tmp_path, probe_model):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.images import SAMPLES_DIR
-from tests.runs import cli, read_rows
+from tests.runs import ROOT, cli, read_rows, report_cli
 from transforms.models import lite0, torch_pickle
 from transforms.models.catalog import (
     LITE0,
@@ -125,6 +125,38 @@ def test_cli_labels_the_samples_like_the_reference(cache_home, reference, tmp_pa
         name: label for name, (label, _) in EXPECTED.items()
     }
     assert mismatches(top1, reference) == []
+
+
+README_HOME = "/home/you/beam-image-labeler/samples"  # where the README's checkout is
+
+
+def readme_report_lines() -> list[str]:
+    """The README's 'Two commands' block of what the report prints for the samples."""
+    text = pathlib.Path(ROOT, "README.md").read_text(encoding="utf-8")
+    block = text.split("\n    images (6 of 6)", 1)[1].split("\n\n", 1)[0]
+    return ["images (6 of 6)" + block.splitlines()[0], *block.splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_the_readme_shows_what_the_report_prints_for_the_samples(cache_home, tmp_path):
+    """./run_local.sh's run where TF Hub cannot be reached (Lite0 at its 224), then the
+    report: each image's top-1 label and score as the README's first section shows them."""
+    out = tmp_path / "out"
+    run = cli(
+        f"--input={SAMPLES_DIR}/*.jpg",
+        f"--output={out}",
+        f"--model={NAME}",
+        "--quiet",
+        env={"XDG_CACHE_HOME": cache_home},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = report_cli(str(out), f"--out={tmp_path / 'report'}")
+    assert report.returncode == 0, report.stderr[-3000:]
+    printed = report.stdout.split("\n\nimages (", 1)[1].split("\n\n", 1)[0]
+    printed_lines = ["images (" + printed.splitlines()[0], *printed.splitlines()[1:]]
+    shown = [line.replace(README_HOME, str(SAMPLES_DIR)) for line in readme_report_lines()]
+    assert len(shown) == 7  # the header and the six photos
+    assert [line.split() for line in printed_lines] == [line.split() for line in shown]
 
 
 @pytest.mark.slow

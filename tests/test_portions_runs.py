@@ -15,7 +15,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from tests.gcs_servers import Gate
+from tests.gcs_proxy import Gate
 from tests.images import encode, quadrants
 from tests.runs import ROOT, cli, cli_env, output_files, read_rows, storage_through_gate
 
@@ -84,8 +84,8 @@ def resumed_exactly_once(args: list[str], out: str, kept: int, env: dict | None 
     output once."""
     proc = cli(*args, env=env or {})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"labelled {PHOTOS - kept} of {PHOTOS - kept} images" in proc.stderr, proc.stderr
-    assert f"{kept} already in the output" in proc.stderr or kept == 0
+    assert f"labelled {PHOTOS - kept:,} of {PHOTOS - kept:,} images" in proc.stderr, proc.stderr
+    assert f"{kept:,} already in the output" in proc.stderr or kept == 0
     uris = [r["uri"] for r in read_rows(out, "predictions") + read_rows(out, "errors")]
     assert len(uris) == len(set(uris)) == PHOTOS
 

@@ -1,7 +1,13 @@
 """python -m pipeline.report on a known output (numbers checked), its PNG, and its HTML page
 opened in headless Chromium: no console errors, every thumbnail shown; local and gs://."""
 
+import datetime as dt
 import io
+import json
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -10,9 +16,11 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from pipeline.report.data import build_report
+from pipeline.report.cli import URI_WIDTH, shorten
+from pipeline.report.data import build_report, latest_rows
 from tests.browser import Page
-from tests.runs import report_cli
+from tests.runs import ROOT, cli, read_rows, report_cli
+from tests.test_incremental import overwrite, write_photos
 from transforms.rows import ERROR_SCHEMA, PREDICTION_SCHEMA, error_row, utc_now
 
 # (date, top-1 label, top-1 score) per labelled image; errors as (date, stage, error).
@@ -31,17 +39,19 @@ FAILED = [
     ("2025-07-01", "decode", "empty file", "DecodeError: empty file (0 bytes)"),
     ("2025-07-02", "read", "not found", "NotFound: 404 GET gs://b/x.jpg"),
 ]
-EXPECTED_TEXT = """\
+EXPECTED_TABLES = """\
 date         labelled   failed
 2025-07-01          5        2
 2025-07-02          3        1
 total               8        3
+(the latest row of each of 11 images; 11 rows in all)
 
 top 20 labels (top-1)                images  mean score
 tabby cat                                 4       0.725
 beagle                                    2       0.500
 great grey owl                            2       0.600
-
+"""
+EXPECTED_ERRORS = """
 errors: stage/reason                           count  example
 decode/empty file                                  2  {root}/bad/0.jpg
 read/not found                                     1  {root}/bad/2.jpg"""
@@ -90,8 +100,15 @@ def known_output(request, tmp_path, image_dir):
 
 
 def test_report_numbers_from_rows():
+    at = utc_now()
     predictions = [
-        {"uri": f"u{i}", "date": d, "labels": [label, "x", "y"], "scores": [s, 0.1, 0.05]}
+        {
+            "uri": f"u{i}",
+            "date": d,
+            "labels": [label, "x", "y"],
+            "scores": [s, 0.1, 0.05],
+            "processed_at": at,
+        }
         for i, (d, label, s) in enumerate(LABELLED)
     ]
     errors = [
@@ -109,6 +126,31 @@ def test_report_numbers_from_rows():
     assert report.reasons == [("decode", "empty file", 2, "e0"), ("read", "not found", 1, "e2")]
     assert sorted(report.top1_scores) == sorted(s for _, _, s in LABELLED)
     assert [item["uri"] for item in report.sample] == ["u0", "u2", "u4"]
+    assert (report.images, report.rows) == (11, 11)
+
+
+def test_the_report_counts_the_latest_row_of_each_uri():
+    """An image labelled, changed and labelled again, then failing: its latest row counts,
+    whatever kind; rows of equal processed_at are one each; every row is counted in all."""
+    t = [dt.datetime(2026, 1, d, tzinfo=dt.UTC) for d in (1, 2, 3)]
+    predictions = pa.Table.from_pylist(
+        [
+            {"uri": "a", "date": "d1", "labels": ["old"], "scores": [0.1], "processed_at": t[0]},
+            {"uri": "b", "date": "d1", "labels": ["b"], "scores": [0.2], "processed_at": t[0]},
+            {"uri": "a", "date": "d2", "labels": ["new"], "scores": [0.3], "processed_at": t[1]},
+            {"uri": "c", "date": "d1", "labels": ["c"], "scores": [0.4], "processed_at": t[0]},
+        ]
+    )
+    errors = pa.Table.from_pylist(
+        [error_row("c", "decode", "corrupt image", "x") | {"date": "d3", "processed_at": t[2]}]
+    )
+    latest, failed = latest_rows(predictions, errors)
+    assert latest["labels"].to_pylist() == [["b"], ["new"]]  # a's newest; c failed since
+    assert failed["uri"].to_pylist() == ["c"]
+    report = build_report(predictions, errors, 10)
+    assert report.per_date == [("d1", 1, 0), ("d2", 1, 0), ("d3", 0, 1)]
+    assert (report.images, report.rows) == (3, 5)
+    assert [(label, n) for label, n, _ in report.top_labels] == [("b", 1), ("new", 1)]
 
 
 @pytest.mark.slow
@@ -117,7 +159,17 @@ def test_report_text_png_and_html_in_chromium(known_output, tmp_path):
     out = tmp_path / "report"
     proc = report_cli(root, f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == EXPECTED_TEXT.format(root=root)
+    tables, rest = proc.stdout.split("\n\nimages (", 1)
+    assert tables + "\n" == EXPECTED_TABLES
+    listed, errors = rest.split("\n\n", 1)
+    assert "\n" + errors.rstrip() == EXPECTED_ERRORS.format(root=root)
+    # Each image (all 8: --sample 24), by URI, with its top-1 label and score.
+    header, *lines = listed.splitlines()
+    assert header.startswith("8 of 8)") and header.split()[-3:] == ["top-1", "label", "score"]
+    top1 = sorted(zip(images, LABELLED, strict=True))
+    assert [line.split() for line in lines] == [
+        [shorten(uri, URI_WIDTH), *label.split(), f"{score:.3f}"] for uri, (_, label, score) in top1
+    ]
 
     chart = Image.open(out / "report.png")
     assert chart.format == "PNG" and chart.size[0] > 800 and chart.size[1] > 400
@@ -146,7 +198,7 @@ def test_report_for_one_date(known_output, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[1].split() == ["2025-07-02", "3", "1"] and lines[2].split() == ["total", "3", "1"]
-    assert lines[5].split()[-2:] == ["2", "0.600"]  # great grey owl leads that day
+    assert lines[6].split()[-2:] == ["2", "0.600"]  # great grey owl leads that day
 
 
 def test_report_on_an_empty_root_says_so(tmp_path):
@@ -267,3 +319,70 @@ def test_report_on_a_run_where_every_image_failed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[1].split() == ["2025-07-03", "0", "3"]
     assert "read/not found" in proc.stdout and (tmp_path / "report" / "report.html").exists()
+
+
+# --- The latest row of each URI: the report and the README's queries on a real output -----
+
+SHOW_LATEST = """
+import json
+import pyarrow as _pa
+_t = latest if isinstance(latest, _pa.Table) else latest.to_arrow()
+_at = [round(t.timestamp(), 6) for t in _t["processed_at"].to_pylist()]
+print(json.dumps(sorted(zip(_t["uri"].to_pylist(), _at))))
+"""
+
+
+def readme_queries() -> dict[str, str]:
+    """The README's queries for the latest row per URI, by the library each imports first."""
+    text = pathlib.Path(ROOT, "README.md").read_text(encoding="utf-8")
+    section = re.search(r"### The latest row of each URI\n(.*?)\n## ", text, re.S)[1]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    return {block.split()[1]: block for block in blocks}
+
+
+@pytest.mark.slow  # the real command, twice
+def test_the_latest_row_per_uri_in_the_report_and_the_readme_queries(tmp_path, probe_model):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    write_photos(photos, range(3))
+    for date in ("2026-11-01", "2026-11-02"):
+        if date == "2026-11-02":
+            overwrite(photos / "p001.jpg", 101)  # a second version of one photo
+        proc = cli(
+            f"--input={photos}/*.jpg",
+            f"--output={out}",
+            f"--model={probe_model}",
+            "--image_size=32",
+            f"--date={date}",
+            "--quiet",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(str(out), "predictions")
+    assert len(rows) == 4  # p001.jpg twice: one row a version
+    latest: dict[str, float] = {}
+    for row in rows:
+        at = round(row["processed_at"].timestamp(), 6)
+        latest[row["uri"]] = max(latest.get(row["uri"], at), at)
+    assert len({row["processed_at"] for row in rows if row["uri"].endswith("p001.jpg")}) == 2
+
+    report = report_cli(str(out), f"--out={tmp_path / 'report'}")
+    assert report.returncode == 0, report.stderr[-3000:]
+    lines = report.stdout.splitlines()
+    assert [line.split() for line in lines[1:4]] == [
+        ["2026-11-01", "2", "0"],  # p000 and p002; p001's row of that day is history
+        ["2026-11-02", "1", "0"],
+        ["total", "3", "0"],
+    ]
+    assert lines[4] == "(the latest row of each of 3 images; 4 rows in all)"
+
+    queries = readme_queries()
+    assert sorted(queries) == ["duckdb", "polars", "pyarrow"]
+    for library, query in queries.items():
+        proc = subprocess.run(
+            [sys.executable, "-c", query + SHOW_LATEST],
+            cwd=tmp_path,  # the README's queries read out/
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"{library}: {proc.stderr[-3000:]}"
+        assert [tuple(r) for r in json.loads(proc.stdout)] == sorted(latest.items()), library

@@ -6,7 +6,7 @@ import signal
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from tests.gcs_servers import Gate
+from tests.gcs_proxy import Gate
 from tests.runs import (
     cli,
     config_for,

@@ -16,10 +16,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
 from transforms.printable import error_line, printable
-from transforms.rows import MODEL_VERSION, SOURCE_VERSION
+from transforms.rows import LABELLING, MODEL_VERSION, SOURCE_VERSION
 from transforms.storage.layout import part_files
 from transforms.storage.listing import Listed, Work, as_work, content_key
-from transforms.vocabulary import KINDS
+from transforms.supersede import replaced
+from transforms.vocabulary import KINDS, RETRYABLE
 
 # --- The policy ----------------------------------------------------------------------------
 
@@ -48,8 +49,12 @@ def skip_policy(skip_existing: str, date: str) -> SkipPolicy:
 
 # --- The rows the output holds -------------------------------------------------------------
 
-DONE_COLUMNS = ("uri", SOURCE_VERSION, MODEL_VERSION)
-Versions = tuple[str | None, str | None]  # a done row's (source_version, model_version)
+REASON = "reason"  # an error row's (transforms/vocabulary.py); predictions have none
+DONE_COLUMNS = ("uri", SOURCE_VERSION, MODEL_VERSION, LABELLING, REASON)
+# A done row's (source_version, model_version[, labelling]): the labelling (which --top_k and
+# class names a prediction kept) is None in error rows and rows from before it was recorded;
+# the reason (read where a row has one, and as rows record it) is None in predictions.
+Versions = tuple[str | None, ...]
 ANY_VERSION: Versions = (None, None)
 
 
@@ -120,20 +125,25 @@ def check_partitions(root: str, dates: str | None, threads: int = 16) -> None:
 
 
 def done_rows(path: str, any_version: bool = False) -> Iterator[tuple[str, Versions]]:
-    """(uri, (source_version, model_version)) of each row of one part file, only those
-    columns read; a file written before rows carried versions, or any_version, gives
-    ANY_VERSION: done whatever the version."""
+    """(uri, (source_version, model_version, labelling, reason)) of each row of one part
+    file, only those columns read (reason: an error row's, None in predictions); a file
+    written before rows carried versions, or any_version, gives None for the versions: done
+    whatever the version."""
     with FileSystems.open(path) as f:
         parquet = pq.ParquetFile(f)
         names = parquet.schema_arrow.names
-        columns = [c for c in DONE_COLUMNS if c in names and not (any_version and c != "uri")]
+        wanted = ("uri", LABELLING, REASON) if any_version else DONE_COLUMNS
+        columns = [c for c in wanted if c in names]
         table = parquet.read(columns=columns)
     uris = table.column("uri").to_pylist()
     missing = [None] * len(uris)
     versions = [
         table.column(c).to_pylist() if c in columns else missing
-        for c in (SOURCE_VERSION, MODEL_VERSION)
+        for c in (SOURCE_VERSION, MODEL_VERSION, LABELLING, REASON)
     ]
+    once: dict = {}  # a file holds one labelling or a few: one string for all its rows
+    versions[2] = [once.setdefault(x, x) for x in versions[2]]
+    versions[3] = [once.setdefault(x, x) for x in versions[3]]  # a few reasons, too
     yield from zip(uris, zip(*versions, strict=True), strict=True)
 
 
@@ -149,18 +159,66 @@ def existing(root: str, policy: SkipPolicy) -> dict[str, list[Versions]]:
 # --- The verdict and the join --------------------------------------------------------------
 
 NEW, CHANGED, DONE = "new", "changed", "done"
+# A failure that may pass (vocabulary.RETRYABLE): tried again below --max_attempts error rows,
+# final from there on.
+RETRY, FINAL = "retry", "final"
 
 
-def verdict(item: Listed, done: Iterable[Versions], model_version: str) -> str:
-    """Whether an input is to be labelled, from the (source_version, model_version) of the
-    rows the output already has for its URI: DONE when one has the same source and model
-    version (None, in rows written before rows carried versions, matches any); CHANGED when
-    the same model labelled another version of it; else NEW."""
+def reason_of(row: Versions) -> str | None:
+    """A done row's error reason; None for a prediction."""
+    return row[3] if len(row) > 3 else None
+
+
+def is_done_by(item: Listed, row: Versions, model_version: str) -> bool:
+    """Whether a row of the output makes `item` done: the same source and model version (None,
+    in rows written before rows carried versions, matches any)."""
+    source, model = row[:2]
+    return source in (None, item.version) and model in (None, model_version)
+
+
+def verdict(
+    item: Listed, done: Iterable[Versions], model_version: str, max_attempts: int = 1
+) -> str:
+    """Whether an input is to be labelled, from the rows the output already has for its URI.
+    Of those that make it done (is_done_by): DONE when one is a prediction or an error a
+    later run cannot cure; else (errors whose reason may pass, vocabulary.RETRYABLE) RETRY
+    while there are fewer than max_attempts of them, FINAL from there on. With none: CHANGED
+    when the same model labelled another version of it; else NEW."""
     rows = list(done)
-    for source, model in rows:
-        if source in (None, item.version) and model in (None, model_version):
-            return DONE
-    return CHANGED if any(model == model_version for _, model in rows) else NEW
+    same = [row for row in rows if is_done_by(item, row, model_version)]
+    if any(reason_of(row) not in RETRYABLE for row in same):
+        return DONE
+    if same:
+        return RETRY if len(same) < max_attempts else FINAL
+    return CHANGED if any(row[1] == model_version for row in rows) else NEW
+
+
+def done_otherwise(
+    item: Listed, done: Iterable[Versions], model_version: str, labelling: str | None
+) -> bool:
+    """Whether a DONE input's rows all kept other labels than the run would (another --top_k
+    or labels file: their `labelling`); an error row, or one from before rows recorded it,
+    is as good as any."""
+    rows = [row for row in done if is_done_by(item, row, model_version)]
+    recorded = {row[2] if len(row) > 2 else None for row in rows}
+    return bool(rows) and labelling is not None and not recorded & {None, labelling}
+
+
+def labelled_otherwise(n: int) -> str:
+    """What --plan and the summary say of the done images whose rows kept other labels: the
+    run leaves them as they are (README "Re-runs"), and how to label them with its own."""
+    return (
+        f"{n:,} of them with another --top_k or --labels_file, kept as they are: a new "
+        "--output or --skip_existing=false labels them with this run's"
+    )
+
+
+def not_tried_again(n: int, max_attempts: int) -> str:
+    """What --plan and the summary say of failures at --max_attempts: final now."""
+    return (
+        f"{n:,} failure{'s' * (n != 1)} not tried again: {max_attempts:,} attempt"
+        f"{'s' * (max_attempts != 1)} made (--max_attempts)"
+    )
 
 
 @dataclasses.dataclass
@@ -168,9 +226,16 @@ class JoinCounts:
     listed: int = 0  # inputs listed, duplicates included
     distinct: int = 0  # distinct URIs
     done: int = 0  # already labelled (same source and model version)
+    otherwise: int = 0  # of those, rows with other --top_k or labels (done_otherwise)
+    final: int = 0  # of those, failures that may pass with --max_attempts rows: not tried again
     changed: int = 0  # labelled before by this model, source changed since
     to_label: int = 0  # distinct URIs to label
     to_read: int = 0  # work units: reads to make (identical content read once)
+    retried: int = 0  # of to_label, failures that may pass, tried again (verdict RETRY)
+    # Error rows a prediction has replaced, of any URI, left by a run that stopped before
+    # removing them (transforms/supersede.py; with --skip_existing=date, versions unread, at
+    # most that many).
+    superseded: int = 0
 
     @property
     def identical(self) -> int:
@@ -184,12 +249,16 @@ def join(
     model_version: str,
     emit: Callable[[Work], None],
     unique: bool = False,
+    labelling: str | None = None,
+    max_attempts: int = 1,
 ) -> JoinCounts:
     """Listed inputs and the output's rows -> the work units of what is still to label,
     given to `emit` (each wanted URI once, unless done; inputs of identical content in one
     unit), and the counts. `unique`: the inputs come from one listing, which names each URI
     once, so no set of seen URIs is kept. Inputs whose content key is their URI are emitted
-    as they come; those a checksum may join are held until the listing ends."""
+    as they come; those a checksum may join are held until the listing ends. `labelling`:
+    the run's (Config.labelling), to count the done inputs labelled otherwise.
+    max_attempts: --max_attempts (verdict)."""
     counts = JoinCounts()
     seen: set[str] = set()
     by_content: dict[str, list[Listed]] = {}
@@ -206,11 +275,15 @@ def join(
                 continue
             seen.add(item.uri)
         counts.distinct += 1
-        found = verdict(item, done.get(item.uri, ()), model_version)
-        if found == DONE:
+        rows = done.get(item.uri, ())
+        found = verdict(item, rows, model_version, max_attempts)
+        if found in (DONE, FINAL):
             counts.done += 1
+            counts.final += found == FINAL
+            counts.otherwise += done_otherwise(item, rows, model_version, labelling)
             continue
         counts.changed += found == CHANGED
+        counts.retried += found == RETRY
         key = content_key(item)
         if key.startswith("uri:"):
             add((item,))
@@ -218,7 +291,19 @@ def join(
             by_content.setdefault(key, []).append(item)
     for items in by_content.values():
         add(as_work(items))
+    counts.superseded = sum(superseded_rows(uri, rows) for uri, rows in done.items())
     return counts
+
+
+def superseded_rows(uri: str, rows: Iterable[Versions]) -> int:
+    """How many of one URI's error rows a prediction among its rows has replaced
+    (supersede.replaced): a run that labels a failure tried again removes them after it
+    commits, so any found here were left by a run that stopped first."""
+    rows = list(rows)
+    predicted = {uri: [row[:2] for row in rows if reason_of(row) is None]}
+    if not predicted[uri]:
+        return 0
+    return sum(replaced((uri, *row[:2]), predicted) for row in rows if reason_of(row) is not None)
 
 
 # --- The same join as Beam transforms (a single job: Dataflow, a submitted job) ------------
@@ -242,19 +327,34 @@ class ExistingRows(beam.PTransform):
         )
 
 
-def new_items(grouped: tuple[str, dict[str, Iterable]], model_version: str) -> Iterator[Listed]:
+def new_items(
+    grouped: tuple[str, dict[str, Iterable]],
+    model_version: str,
+    labelling: str | None = None,
+    max_attempts: int = 1,
+) -> Iterator[Listed]:
     """(uri, {"wanted": [Listed...], "done": [Versions...]}) -> the input once if wanted and
-    not done (see verdict), counted."""
-    _, sides = grouped
+    not done (see verdict), counted; error rows found replaced are counted too."""
+    uri, sides = grouped
+    rows = list(sides["done"])
+    stale = superseded_rows(uri, rows)
+    if stale:
+        metrics.rows_superseded.inc(stale)
     item = next(iter(sides["wanted"]), None)
     if item is None:
         return
-    found = verdict(item, sides["done"], model_version)
-    if found == DONE:
+    found = verdict(item, rows, model_version, max_attempts)
+    if found == FINAL:
+        metrics.images_final.inc()
+    if found in (DONE, FINAL):
         metrics.images_skipped.inc()
+        if done_otherwise(item, rows, model_version, labelling):
+            metrics.images_otherwise.inc()
         return
     if found == CHANGED:
         metrics.images_changed.inc()
+    if found == RETRY:
+        metrics.images_retried.inc()
     metrics.count_queued()
     yield item
 
@@ -273,9 +373,11 @@ class KeepNew(beam.PTransform):
     GroupByKey then joins identical content: decoded pixels never cross a shuffle.
     """
 
-    def __init__(self, model_version: str):
+    def __init__(self, model_version: str, labelling: str | None = None, max_attempts: int = 1):
         super().__init__()
         self._model_version = model_version
+        self._labelling = labelling
+        self._judged_by = (model_version, labelling, max_attempts)  # new_items' arguments
 
     def expand(self, pcolls):
         wanted, done = pcolls
@@ -285,7 +387,7 @@ class KeepNew(beam.PTransform):
                 "done": done,
             }
             | "ByUri" >> beam.CoGroupByKey()
-            | "New" >> beam.FlatMap(new_items, self._model_version)
+            | "New" >> beam.FlatMap(new_items, *self._judged_by)
             | "KeyContent" >> beam.Map(lambda item: (content_key(item), item))
             | "ByContent" >> beam.GroupByKey()
             | "Work" >> beam.MapTuple(to_work)

@@ -14,8 +14,12 @@ IMAGES_QUEUED = "images_queued"  # new URIs, after the skip
 IMAGES_READ = "images_read"
 IMAGES_SKIPPED = "images_skipped"  # already in the output
 IMAGES_CHANGED = "images_changed"  # labelled before, source changed
+IMAGES_OTHERWISE = "images_labelled_otherwise"  # skipped, its rows of other top_k or labels
 IMAGES_IDENTICAL = "images_identical"  # labelled from another input's read (same content)
 IMAGES_LABELLED = "images_labelled"
+IMAGES_RETRIED = "images_retried"  # failed before for a reason that may pass: tried again
+IMAGES_FINAL = "images_not_retried"  # such failures at --max_attempts: skipped, final
+ROWS_SUPERSEDED = "rows_superseded"  # error rows found replaced by a prediction (supersede.py)
 REASON_PREFIX = "reason:"  # one counter per stage and reason: reason:<stage>:<reason>
 
 
@@ -45,8 +49,12 @@ images_queued = Metrics.counter(NAMESPACE, IMAGES_QUEUED)
 images_read = Metrics.counter(NAMESPACE, IMAGES_READ)
 images_skipped = Metrics.counter(NAMESPACE, IMAGES_SKIPPED)
 images_changed = Metrics.counter(NAMESPACE, IMAGES_CHANGED)
+images_otherwise = Metrics.counter(NAMESPACE, IMAGES_OTHERWISE)
 images_identical = Metrics.counter(NAMESPACE, IMAGES_IDENTICAL)
 images_labelled = Metrics.counter(NAMESPACE, IMAGES_LABELLED)
+images_retried = Metrics.counter(NAMESPACE, IMAGES_RETRIED)
+images_final = Metrics.counter(NAMESPACE, IMAGES_FINAL)
+rows_superseded = Metrics.counter(NAMESPACE, ROWS_SUPERSEDED)
 failed = {stage: Metrics.counter(NAMESPACE, failed_name(stage)) for stage in STAGES}
 
 # LIVE's counts, by name (pipeline/progress.py reads them).

@@ -3,6 +3,7 @@ error rows."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 
@@ -13,6 +14,14 @@ from transforms import metrics
 from transforms import vocabulary as v
 from transforms.rows import SOURCE_VERSION, error_row, failure_row, utc_now
 from transforms.storage.listing import Work
+
+
+def labelling_id(labels: Sequence[str], k: int) -> str:
+    """Which labels a prediction row keeps, in its `labelling` column: --top_k and a digest
+    of the class names in output order ('top_k=5 labels=sha256:3a0c...'), the file's name
+    aside (a copy elsewhere is the same labelling)."""
+    digest = hashlib.sha256("\n".join(labels).encode()).hexdigest()
+    return f"top_k={k} labels=sha256:{digest[:16]}"
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

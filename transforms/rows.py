@@ -12,8 +12,11 @@ from transforms.vocabulary import READ, ImageError, reason_for
 # Which input, which weights and which pixels produced a row (README "Output"): the source's
 # version as listed (storage/listing.py), a digest of the model's content
 # (models/catalog.model_version) and what changes pixels (images.preprocess_id). What a re-run
-# compares to skip what is done: (uri, source_version, model_version).
+# compares to skip what is done: (uri, source_version, model_version). Predictions also say
+# which labels were kept (postprocess.labelling_id: --top_k and the class names), so a run
+# with others says it treats them as done (done.labelled_otherwise).
 SOURCE_VERSION, MODEL_VERSION, PREPROCESS = "source_version", "model_version", "preprocess"
+LABELLING = "labelling"
 PROVENANCE = [
     (SOURCE_VERSION, pa.string()),
     (MODEL_VERSION, pa.string()),
@@ -28,6 +31,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("scores", pa.list_(pa.float32())),
         ("model", pa.string()),
         *PROVENANCE,
+        (LABELLING, pa.string()),
         ("processed_at", pa.timestamp("us", tz="UTC")),
     ]
 )

@@ -32,6 +32,15 @@ REASONS = {
     INFERENCE: (MODEL_FAILED, NON_FINITE),
 }
 
+# Reasons a later run may cure, so its error row counts as done only once --max_attempts rows
+# of its (URI, source version, model version) say it failed (transforms/done.py): the storage
+# or the worker failed, not the content. NOT_FOUND is final: the version that was listed is
+# gone for good (a gs:// generation never comes back; a file made again has a new
+# size:mtime), and a listing that finds it again gives a new version, labelled as changed.
+RETRYABLE = frozenset({NO_ACCESS, READ_FAILED, MODEL_FAILED})
+# What the content is, or one version's fate: the same bytes fail the same way again.
+FINAL = frozenset(reason for reasons in REASONS.values() for reason in reasons) - RETRYABLE
+
 # Storage exceptions by class name (local, Beam and Google clients), so this module needs
 # none of those libraries.
 _READ_REASONS_BY_TYPE = {

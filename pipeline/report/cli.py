@@ -1,4 +1,5 @@
-"""Report on a run's output (local or gs://, any runner): a text table on stdout, and report.png
+"""Report on a run's output (local or gs://, any runner): text tables on stdout (counts per
+date, top labels, a sample of images with their top-1 label and score, errors), and report.png
 and report.html under --out; the numbers come from data.py, the pictures from page.py.
 
 python -m pipeline.report ROOT [--date YYYY-MM-DD] [--out DIR] [--sample N]
@@ -24,7 +25,8 @@ class ReportError(Exception):
 
 
 MAX_SAMPLE = 1000  # thumbnails: each is an image read and embedded in the page
-EXAMPLE_WIDTH = 100  # characters of an example URI in the terminal table
+URI_WIDTH = 100  # characters of a URI in the terminal tables (an image's, an example's)
+LABEL_WIDTH = 32
 
 
 def shorten(text: str, width: int) -> str:
@@ -44,20 +46,38 @@ def format_text(report: Report) -> str:
     lines += [f"{shorten(p(d), 10):<10} {n:>10,} {f:>8,}" for d, n, f in report.per_date]
     total_n = sum(n for _, n, _ in report.per_date)
     total_f = sum(f for _, _, f in report.per_date)
-    lines += [f"{'total':<10} {total_n:>10,} {total_f:>8,}", ""]
+    lines += [
+        f"{'total':<10} {total_n:>10,} {total_f:>8,}",
+        f"(the latest row of each of {report.images:,} images; {report.rows:,} rows in all)",
+        "",
+    ]
     lines += [f"{f'top {TOP_LABELS} labels (top-1)':<32} {'images':>10} {'mean score':>11}"]
     lines += [
         f"{shorten(p(label), 32):<32} {n:>10,} {mean:>11.3f}"
         for label, n, mean in report.top_labels
     ]
+    lines += ["", *image_lines(report, total_n)]
     lines += ["", f"{'errors: stage/reason':<44} {'count':>7}  example"]
     lines += [
-        f"{shorten(p(stage + '/' + reason), 44):<44} {n:>7,}  {shorten(p(uri), EXAMPLE_WIDTH)}"
+        f"{shorten(p(stage + '/' + reason), 44):<44} {n:>7,}  {shorten(p(uri), URI_WIDTH)}"
         for stage, reason, n, uri in report.reasons
     ]
     if not report.reasons:
         lines.append("(none)")
     return "\n".join(lines)
+
+
+def image_lines(report: Report, labelled: int) -> list[str]:
+    """The sampled images (--sample, evenly by URI), each with its top-1 label and score."""
+    title = f"images ({len(report.sample):,} of {labelled:,})"
+    uris = [printable(item["uri"]) for item in report.sample]
+    width = min(URI_WIDTH, max([len(title), *map(len, uris)]))
+    lines = [f"{title:<{width}}  {'top-1 label':<{LABEL_WIDTH}} {'score':>6}"]
+    for uri, item in zip(uris, report.sample, strict=True):
+        label = shorten(printable(item["labels"][0]), LABEL_WIDTH) if item["labels"] else ""
+        score = f"{item['scores'][0]:.3f}" if item["scores"] else ""
+        lines.append(f"{shorten(uri, width):<{width}}  {label:<{LABEL_WIDTH}} {score:>6}")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,7 +89,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sample",
         type=int,
         default=24,
-        help=f"thumbnails in the HTML page, 1 to {MAX_SAMPLE} (default %(default)s)",
+        help=f"images listed with their top-1 label and shown as thumbnails in the HTML page, "
+        f"1 to {MAX_SAMPLE} (default %(default)s)",
     )
     return parser.parse_args(argv)
 

@@ -1,5 +1,6 @@
 """The report's data: a run's output read back (any filesystem) and every number the report
-shows, as a Report; the command (cli.py) and its page (page.py) both read this."""
+shows, as a Report; the command (cli.py) and its page (page.py) both read this. It counts the
+current state: the latest row of each URI (latest_rows), with the rows in all beside it."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from transforms.vocabulary import ERRORS, PREDICTIONS
 DATE_IN_PATH = re.compile(r"/date=([^/]+)/[^/]+$")
 TOP_LABELS = 20
 SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, ERRORS: ERROR_SCHEMA}
-PREDICTION_COLUMNS = ["uri", "labels", "scores"]
-ERROR_COLUMNS = ["uri", "stage", "reason"]
+PREDICTION_COLUMNS = ["uri", "labels", "scores", "processed_at"]
+ERROR_COLUMNS = ["uri", "stage", "reason", "processed_at"]
 
 
 @dataclasses.dataclass
@@ -29,6 +30,8 @@ class Report:
     reasons: list[tuple[str, str, int, str]]  # stage, reason, count, example uri
     top1_scores: list[float]
     sample: list[dict]  # uri, labels, scores (top-3)
+    images: int = 0  # URIs counted: the latest row of each
+    rows: int = 0  # rows in all, older rows of a URI (changed, labelled again) included
 
 
 def read_kind(root: str, kind: str, date: str | None, columns: list[str]) -> pa.Table:
@@ -55,9 +58,42 @@ def read_output(root: str, date: str | None) -> tuple[pa.Table, pa.Table]:
     )
 
 
+def latest_rows(predictions: pa.Table, errors: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Pure: the latest row of each URI by processed_at, predictions and errors together (an
+    image that failed after it was labelled counts as failed), each kind's rows in their
+    order. The README's pyarrow query for the latest row per URI works the same way."""
+
+    def keys(table: pa.Table, kind: int) -> pa.Table:
+        n = table.num_rows
+        return pa.table(
+            {
+                "uri": table["uri"].cast(pa.string()),
+                "processed_at": table["processed_at"].cast(pa.timestamp("us", tz="UTC")),
+                "kind": pa.array([kind] * n, pa.int8()),
+                "row": pa.array(range(n), pa.int64()),
+            }
+        )
+
+    newest = pa.concat_tables([keys(predictions, 0), keys(errors, 1)]).sort_by(
+        [("processed_at", "descending")]
+    )
+    firsts = newest.group_by("uri", use_threads=False).aggregate(
+        [("kind", "first"), ("row", "first")]
+    )
+
+    def kept(table: pa.Table, kind: int) -> pa.Table:
+        rows = firsts.filter(pc.equal(firsts["kind_first"], kind))["row_first"]
+        return table.take(rows.take(pc.sort_indices(rows)))
+
+    return kept(predictions, 0), kept(errors, 1)
+
+
 def build_report(predictions: pa.Table, errors: pa.Table, sample_size: int) -> Report:
-    """Pure: the output's columns (uri, labels, scores, date / uri, stage, reason, date) ->
-    every number the report shows, computed in Arrow so millions of rows stay cheap."""
+    """Pure: the output's columns (uri, labels, scores, processed_at, date / uri, stage,
+    reason, processed_at, date) -> every number the report shows, of the latest row of each
+    URI (latest_rows), computed in Arrow so millions of rows stay cheap."""
+    in_all = predictions.num_rows + errors.num_rows
+    predictions, errors = latest_rows(predictions, errors)
     labelled = count_by(predictions, ["date"])
     failed = count_by(errors, ["date"])
     dates = sorted({d for (d,) in labelled} | {d for (d,) in failed})
@@ -87,7 +123,15 @@ def build_report(predictions: pa.Table, errors: pa.Table, sample_size: int) -> R
         {"uri": r["uri"], "labels": r["labels"][:3], "scores": r["scores"][:3]}
         for r in picked.to_pylist()
     ]
-    return Report(per_date, ranked[:TOP_LABELS], reasons, top1["score"].to_pylist(), sample)
+    return Report(
+        per_date,
+        ranked[:TOP_LABELS],
+        reasons,
+        top1["score"].to_pylist(),
+        sample,
+        images=predictions.num_rows + errors.num_rows,
+        rows=in_all,
+    )
 
 
 def tuples(table: pa.Table, columns: list[str]) -> list[tuple]:

@@ -108,6 +108,7 @@ figcaption ol {{ padding-left: 1.2em; margin: 0.3em 0; font-size: 0.85em; }}
 <h1>Labelling report</h1><p>{e(root)}</p>
 <h2>Images per date</h2>
 <table><tr><th>date</th><th>labelled</th><th>failed</th></tr>{rows}</table>
+<p>The latest row of each of {report.images:,} images; {report.rows:,} rows in all.</p>
 <img class="chart" src="{chart_src}" alt="label distribution and top-1 score histogram">
 <h2>Sample of labelled images</h2>
 <div class="gallery">{"".join(cards)}</div>

@@ -1,0 +1,99 @@
+"""--plan's projection against the run that follows, measured (not a test): on --photos
+photo-like JPEGs, with the near-zero model and with the B3-sized one, the projected time
+(pipeline/plan.py, computed as --plan computes it) and the run's own time (its summary's
+seconds: listing to commit, start-up excluded, as the projection), one after the other on
+the same machine.
+
+python -m benchmarks.plan_accuracy [--photos 1000] [--work DIR]
+
+Prints one JSON object; the figures go to docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from benchmarks.run import ENV
+from benchmarks.workload import build_b3, build_trivial, make_photos
+from pipeline.numbers import seconds_of
+
+DATE = "2026-01-01"
+SUMMARY_SECONDS = re.compile(r"labelled [\d,]+ of [\d,]+ images.* in ([\d,hms.]+) \(")
+
+
+def projected_seconds(args: list[str]) -> float:
+    """What --plan projects for these arguments, in a child process (as --plan runs)."""
+    code = (
+        "import sys\n"
+        "from pipeline.config import prepare\n"
+        "from pipeline.options import LabelerOptions, parse_options\n"
+        "from pipeline.plan import estimate\n"
+        "options = parse_options(sys.argv[1:], 'plan')\n"
+        "print(estimate(prepare(options.view_as(LabelerOptions))).projected_s())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--plan"], env=ENV, capture_output=True, text=True
+    )
+    if proc.returncode:
+        sys.exit(f"--plan failed:\n{proc.stderr[-2000:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def run_seconds(args: list[str]) -> float:
+    """The run's own seconds, from its summary line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *args, "--quiet"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    found = SUMMARY_SECONDS.search(proc.stderr)
+    if proc.returncode or not found:
+        sys.exit(f"the run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return seconds_of(found[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--work", default="/tmp/beam-image-labeler-plan")
+    args = parser.parse_args()
+    photos = os.path.join(args.work, f"photos{args.photos}")
+    if not os.path.exists(photos + ".done"):
+        make_photos(args.photos, photos)
+        open(photos + ".done", "w").close()
+    models = {
+        "near_zero": build_trivial(os.path.join(args.work, "near_zero")),
+        "b3_sized": build_b3(os.path.join(args.work, "b3")),
+    }
+    result: dict = {
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "photos": args.photos,
+    }
+    for name, model in models.items():
+        out = os.path.join(args.work, "out", name)
+        shutil.rmtree(out, ignore_errors=True)
+        common = [f"--input={photos}/*.jpg", f"--output={out}", f"--model={model}"]
+        common.append(f"--date={DATE}")
+        projected = projected_seconds(common)
+        ran = run_seconds(common)
+        result[name] = {
+            "projected_s": round(projected, 1),
+            "run_s": round(ran, 1),
+            "projected_over_run": round(projected / ran, 3),
+        }
+        print(json.dumps({name: result[name]}), file=sys.stderr)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
