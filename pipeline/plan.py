@@ -33,11 +33,16 @@ class Plan:
     decode_wall_s: float = 0.0  # per read, this machine, the run's concurrency
     decode_cpu_s: float = 0.0  # per read, CPU of this process
     model_s: float = 0.0  # per image, one model call on a full batch
+    listing_s: float = 0.0  # listing the inputs and joining them with the output, here
+    load_s: float = 0.0  # loading the model and its first (tracing) call, here
 
     def projected_s(self) -> float:
-        """Time here: reads and decodes overlap with the model, so the slower one sets it."""
+        """Time here, as the run's summary counts it: the listing and the join, the model's
+        load, then the reads and decodes, which overlap with the model, so the slower of the
+        two sets it."""
         reads = self.counts.to_read
-        return max(reads * self.decode_wall_s, reads * self.model_s)
+        work = max(reads * self.decode_wall_s, reads * self.model_s)
+        return self.listing_s + (self.load_s + work if reads else 0.0)
 
 
 def make_plan(config: Config) -> tuple[Plan, list[Work]]:
@@ -45,7 +50,9 @@ def make_plan(config: Config) -> tuple[Plan, list[Work]]:
     the run's own join (transforms/done.py) on the same listing."""
     plan = Plan()
     works: list[Work] = []
+    started = time.monotonic()
     plan.counts = select_work(config, works.append)
+    plan.listing_s = time.monotonic() - started
     plan.bytes_to_read = sum(max(work[0].size, 0) for work in works)
     plan.unknown_sizes = sum(work[0].size < 0 for work in works)
     return plan, works
@@ -70,19 +77,21 @@ def time_decoding(config: Config, sample: list[Work]) -> tuple[float, float, lis
     return wall / len(sample), cpu / len(sample), images
 
 
-def time_model(config: Config, images: list[np.ndarray]) -> float:
-    """Seconds per image of the run's model call on full batches (grey images where the
-    sample gave too few)."""
+def time_model(config: Config, images: list[np.ndarray]) -> tuple[float, float]:
+    """(seconds to load the model and make its first, tracing call; seconds per image of
+    the run's model call on full batches (grey images where the sample gave too few))."""
+    started = time.monotonic()
     handler = classifier(config)
     model = handler.load_model()
     size = config.image_size
     grey = np.full((size, size, 3), 128, np.uint8)
     batch = (images + [grey] * config.batch_size)[: config.batch_size]
     handler.run_inference(batch, model)  # traces and warms
+    loaded = time.monotonic() - started
     started = time.monotonic()
     for _ in range(MODEL_BATCHES):
         handler.run_inference(batch, model)
-    return (time.monotonic() - started) / (MODEL_BATCHES * len(batch))
+    return loaded, (time.monotonic() - started) / (MODEL_BATCHES * len(batch))
 
 
 def estimate(config: Config) -> Plan:
@@ -92,7 +101,7 @@ def estimate(config: Config) -> Plan:
         plan.sampled = len(sample)
         plan.decode_wall_s, plan.decode_cpu_s, images = time_decoding(config, sample)
         try:
-            plan.model_s = time_model(config, images)
+            plan.load_s, plan.model_s = time_model(config, images)
         except ModelError as e:  # an output saved_model.pb left open, found on loading
             raise ConfigError(str(e)) from None
     return plan

@@ -87,3 +87,18 @@ def test_the_plan_prints_durations_and_thousands():
     assert "plan: projected here: 6m10s; for the whole set: decode 54s of vCPU, model 6m10s" in (
         text
     )
+
+
+def test_the_projection_counts_the_listing_and_the_model_s_load():
+    """--plan projects what the run's summary times: the listing and the join, the model's
+    load, then the slower of decoding and the model (they overlap)."""
+    plan = Plan(
+        counts=JoinCounts(to_label=1000, to_read=1000),
+        decode_wall_s=0.002,
+        model_s=0.001,
+        listing_s=1.5,
+        load_s=4.0,
+    )
+    assert plan.projected_s() == pytest.approx(1.5 + 4.0 + 1000 * 0.002)
+    plan.counts = JoinCounts()  # nothing to read: no model is loaded either
+    assert plan.projected_s() == pytest.approx(1.5)
