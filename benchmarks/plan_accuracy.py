@@ -4,7 +4,7 @@ photo-like JPEGs, with the near-zero model and with the B3-sized one, the projec
 seconds: listing to commit, start-up excluded, as the projection), one after the other on
 the same machine.
 
-python -m benchmarks.plan_accuracy [--photos 1000] [--work DIR]
+python -m benchmarks.plan_accuracy [--photos 1000] [--work DIR] [--models near_zero,b3_sized]
 
 Prints one JSON object; the figures go to docs/performance.md.
 """
@@ -65,14 +65,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--work", default="/tmp/beam-image-labeler-plan")
+    parser.add_argument("--models", default="near_zero,b3_sized", help="which of the two")
     args = parser.parse_args()
     photos = os.path.join(args.work, f"photos{args.photos}")
     if not os.path.exists(photos + ".done"):
         make_photos(args.photos, photos)
         open(photos + ".done", "w").close()
+    builders = {"near_zero": build_trivial, "b3_sized": build_b3}
+    folders = {"near_zero": "near_zero", "b3_sized": "b3"}
     models = {
-        "near_zero": build_trivial(os.path.join(args.work, "near_zero")),
-        "b3_sized": build_b3(os.path.join(args.work, "b3")),
+        name: builders[name](os.path.join(args.work, folders[name]))
+        for name in args.models.split(",")
     }
     result: dict = {
         "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",

@@ -35,14 +35,20 @@ class Plan:
     model_s: float = 0.0  # per image, one model call on a full batch
     listing_s: float = 0.0  # listing the inputs and joining them with the output, here
     load_s: float = 0.0  # loading the model and its first (tracing) call, here
+    job_s: float = 0.0  # a Beam job's own cost here, before and after its work
+    jobs: int = 1  # the run's jobs: one, or one per portion
+
+    def work_s(self) -> float:
+        """The reads and decodes overlap with the model: the slower of the two."""
+        reads = self.counts.to_read
+        return max(reads * self.decode_wall_s, reads * self.model_s)
 
     def projected_s(self) -> float:
         """Time here, as the run's summary counts it: the listing and the join, the model's
-        load, then the reads and decodes, which overlap with the model, so the slower of the
-        two sets it."""
-        reads = self.counts.to_read
-        work = max(reads * self.decode_wall_s, reads * self.model_s)
-        return self.listing_s + (self.load_s + work if reads else 0.0)
+        load, the work, and each job's own cost (a run in portions makes one a portion)."""
+        if not self.counts.to_read:
+            return self.listing_s
+        return self.listing_s + self.load_s + self.work_s() + self.jobs * self.job_s
 
 
 def make_plan(config: Config) -> tuple[Plan, list[Work]]:
@@ -104,16 +110,36 @@ def estimate(config: Config) -> Plan:
             plan.load_s, plan.model_s = time_model(config, images)
         except ModelError as e:  # an output saved_model.pb left open, found on loading
             raise ConfigError(str(e)) from None
+        plan.job_s = time_job()
+        plan.jobs = jobs_needed(plan, config)
     return plan
+
+
+def time_job() -> float:
+    """Seconds an empty Beam job of one element takes here on DirectRunner: what each of a
+    run's jobs costs besides its work (building, starting and ending it)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    started = time.monotonic()
+    with beam.Pipeline(options=PipelineOptions(runner="DirectRunner")) as pipeline:
+        _ = pipeline | beam.Create([0]) | beam.Map(abs)
+    return time.monotonic() - started
+
+
+def jobs_needed(plan: Plan, config: Config) -> int:
+    """The run's jobs: one per portion (pipeline/portions.py), or one (--portion_seconds 0)."""
+    reads = plan.counts.to_read
+    if config.portion_seconds <= 0 or not reads:
+        return 1
+    return portions_needed(reads, plan.work_s() / reads, config.portion_seconds)
 
 
 def committed_as(plan: Plan, config: Config) -> str:
     """How a run here commits its work: in portions (pipeline/portions.py), or at its end."""
     if config.portion_seconds <= 0:
         return "committed as one job at its end (--portion_seconds 0)"
-    reads = plan.counts.to_read
-    per_read = plan.projected_s() / reads if reads else 0.0
-    n = portions_needed(reads, per_read, config.portion_seconds)
+    n = plan.jobs
     return (
         f"committed in about {n:,} portion{'s' * (n != 1)} of --portion_seconds "
         f"{config.portion_seconds:g} on DirectRunner or Flink (one job on Dataflow)"

@@ -100,5 +100,7 @@ def test_the_projection_counts_the_listing_and_the_model_s_load():
         load_s=4.0,
     )
     assert plan.projected_s() == pytest.approx(1.5 + 4.0 + 1000 * 0.002)
-    plan.counts = JoinCounts()  # nothing to read: no model is loaded either
+    plan.job_s, plan.jobs = 0.8, 3  # a run in three portions: three jobs' own costs
+    assert plan.projected_s() == pytest.approx(1.5 + 4.0 + 1000 * 0.002 + 3 * 0.8)
+    plan.counts = JoinCounts()  # nothing to read: no model is loaded, no job runs
     assert plan.projected_s() == pytest.approx(1.5)
