@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import sys
 import tempfile
 import uuid
 
@@ -55,6 +56,13 @@ LONGEST_FIRST = (
     "test_gcs.py",
     "test_reruns.py",
 )
+
+
+def pytest_sessionfinish(session):
+    """Ends the worker's CLI fork server (tests/runs.py), if a test started it."""
+    runs = sys.modules.get("tests.runs")
+    if runs is not None:
+        runs.stop_fork_server()
 
 
 def pytest_collection_modifyitems(items):

@@ -24,26 +24,62 @@ from pipeline.config import prepare
 from pipeline.graph import build_pipeline
 from pipeline.options import LabelerOptions
 from tests.gcs_proxy import Fault, Gate, LatencyProxy
+from tests.zygote import Forked, Zygote
 from transforms.metrics import NAMESPACE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli(
-    *args: str, timeout: int = 300, prefix: Sequence[str] = (), **popen
+    *args: str, timeout: int = 300, prefix: Sequence[str] = (), fresh: bool = False, **popen
 ) -> subprocess.CompletedProcess:
     """python -m pipeline.run ARGS as a user runs it (TensorFlow's log level unset, so its
-    start-up is as quiet as a user's), under `prefix` if given; stdout and stderr captured."""
+    start-up is as quiet as a user's), stdout and stderr captured. The process is forked
+    from the worker's fork server (tests/zygote.py), which has paid the imports once; with
+    `fresh`, a `prefix` (a command to run it under) or other Popen settings it is a new
+    interpreter, start-up included."""
     env = cli_env() | popen.pop("env", {})
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **popen,
-    )
+    if fresh or prefix or popen:
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "pipeline.run", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **popen,
+        )
+    return finished(start_forked("pipeline.run", args, env, subprocess.PIPE), timeout)
+
+
+_ZYGOTE: Zygote | None = None
+
+
+def start_forked(module: str, args: Sequence[str], env: dict[str, str], stdout, stderr=None):
+    """python -m MODULE ARGS, forked from this worker's fork server (tests/zygote.py, started
+    on first use; tests/conftest.py stops it when the session ends): a Popen-like child
+    whose stderr is a pipe unless `stderr` says otherwise."""
+    global _ZYGOTE
+    if _ZYGOTE is None:
+        _ZYGOTE = Zygote(ROOT, cli_env())
+    stderr = subprocess.PIPE if stderr is None else stderr
+    return _ZYGOTE.start(module, list(args), cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+
+
+def finished(proc: Forked, timeout: float) -> subprocess.CompletedProcess:
+    """Its output and status, as subprocess.run gives them; killed past `timeout`."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop_fork_server() -> None:
+    if _ZYGOTE is not None:
+        _ZYGOTE.stop()
 
 
 def obeying_file_modes() -> list[str]:
@@ -57,13 +93,7 @@ def obeying_file_modes() -> list[str]:
 
 def report_cli(*args: str) -> subprocess.CompletedProcess:
     """python -m pipeline.report ARGS; stdout and stderr captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.report", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return finished(start_forked("pipeline.report", args, cli_env(), subprocess.PIPE), 300)
 
 
 def cli_env() -> dict[str, str]:
@@ -94,14 +124,7 @@ def signal_at_gate(
     """Starts python -m pipeline.run ARGS in `env` (from storage_through_gate), sends `sig`
     while the request `gate` names is held (the run is part-way, by construction), then lets
     it go. Returns (exit status, stderr); the process is always ended."""
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=cli_env() | env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    victim = start_forked("pipeline.run", args, cli_env() | env, subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
         while not gate.holding.wait(0.05):

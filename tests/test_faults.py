@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from tests.images import encode, patch_image, png_bomb
-from tests.runs import ROOT, cli, cli_env, obeying_file_modes, read_rows
+from tests.runs import ROOT, cli, cli_env, obeying_file_modes, read_rows, start_forked
 from transforms import vocabulary as v
 from transforms.storage.lease import ALL_DATES, Lease, LeaseHeld, Owner, lease_uri
 
@@ -98,16 +98,8 @@ def lost_rows(stderr: str, returncode: int) -> str:
     return lines[1]
 
 
-def start(args, **popen) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=popen.pop("stderr", subprocess.PIPE),
-        text=True,
-        **popen,
-    )
+def start(args, stderr=subprocess.PIPE):
+    return start_forked("pipeline.run", args, cli_env(), subprocess.DEVNULL, stderr)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
@@ -17,7 +16,14 @@ from PIL import Image
 
 from tests.gcs_proxy import Gate
 from tests.images import encode, quadrants
-from tests.runs import ROOT, cli, cli_env, output_files, read_rows, storage_through_gate
+from tests.runs import (
+    cli,
+    cli_env,
+    output_files,
+    read_rows,
+    start_forked,
+    storage_through_gate,
+)
 
 pytestmark = pytest.mark.slow
 PHOTOS = 3000
@@ -59,15 +65,8 @@ def committed(out: str, kind: str = "predictions") -> int:
     return total
 
 
-def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", *args],
-        cwd=ROOT,
-        env=cli_env() | (env or {}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def start(args: list[str], env: dict | None = None):
+    return start_forked("pipeline.run", args, cli_env() | (env or {}), subprocess.DEVNULL)
 
 
 def stop_at(out: str, share: float, proc: subprocess.Popen, sig: int) -> float:
