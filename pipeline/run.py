@@ -6,12 +6,15 @@ python -m pipeline.run --input 'photos/**.jpg' --output out/ [beam options]
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -395,7 +398,19 @@ def log_library_warnings() -> None:
     warnings.showwarning = log
 
 
+def scratch_folder() -> str:
+    """A temporary folder for this process, inside the system's, made the default one: what
+    the libraries leave there (TensorFlow's generated code for each model loaded, Beam's
+    staging folders), which their exit hooks would remove, goes with it when the command
+    ends (main ends without those hooks when the job ran here)."""
+    folder = tempfile.mkdtemp(prefix="image-labeler-")
+    tempfile.tempdir = folder
+    atexit.register(shutil.rmtree, folder, True)  # first registered: the last hook to run
+    return folder
+
+
 def main() -> None:
+    scratch = scratch_folder()
     guard_std_streams()
     logging.getLogger().setLevel(logging.WARNING)
     quiet_beam_logs()  # Beam's records that repeat (or contradict) our last line
@@ -421,6 +436,7 @@ def main() -> None:
     # The job ran here and its files are closed. Tearing down the interpreter with a
     # SavedModel loaded took 3.4 s on the benchmark machine (destructors, no work left), and
     # Beam's worker threads would keep a stopped run alive, so the command ends here.
+    shutil.rmtree(scratch, ignore_errors=True)
     os._exit(status)
 
 

@@ -105,16 +105,20 @@ def test_a_signal_stops_cleanly_and_the_same_command_resumes(
     assert stored_uris(out) == every_uri(gcs_images)
 
 
-def test_tensorflow_start_up_prints_nothing(image_dir, probe_model, tmp_path):
+def test_tensorflow_start_up_prints_nothing_and_leaves_nothing(image_dir, probe_model, tmp_path):
     """Without TF_CPP_MIN_LOG_LEVEL set, a good run's stderr is the summary line alone (a new
-    interpreter: TensorFlow's start-up included)."""
-    out = tmp_path / "out"
+    interpreter: TensorFlow's start-up included), and the system's temporary folder holds
+    nothing of the run afterwards (TensorFlow's generated code, Beam's staging folders)."""
+    out, temp = tmp_path / "out", tmp_path / "tmp"
+    temp.mkdir()
     args = job(image_dir, probe_model, out)
-    proc = cli(f"--input={image_dir['root']}/patch_*.png", *args, fresh=True)
+    inputs = f"--input={image_dir['root']}/patch_*.png"
+    proc = cli(inputs, *args, fresh=True, env={"TMPDIR": str(temp)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith(f"labelled {len(image_dir['patches'])} of ")
     assert pathlib.Path(out).exists()
+    assert not list(temp.iterdir())
 
 
 def test_inputs_a_library_warns_about_are_labelled_quietly(image_dir, probe_model, tmp_path):
