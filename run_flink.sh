@@ -180,6 +180,7 @@ elif [ -n "$uber" ]; then
 else
   # Our own job server, on loopback, for this run only. Beam's Python FlinkRunner could start
   # it too, but the pipeline ends with os._exit, which skips the hook that would stop it.
+  : >"$work/job-server.log" # there before the loop below reads it
   java "-Xmx$heap" -XX:+UseSerialGC -Dbeam.fn.bind_address=127.0.0.1 -jar "$jar" \
     --flink-master "$master" --job-host 127.0.0.1 --job-port 0 --artifact-port 0 \
     --expansion-port -1 --artifacts-dir "$work/artifacts" >"$work/job-server.log" 2>&1 </dev/null &
