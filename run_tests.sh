@@ -12,10 +12,14 @@ if ! command -v chromium >/dev/null; then
       chromium >/dev/null; } &
   chromium=$!
 fi
+# Airflow's own venv for tests/test_airflow.py (docs/airflow.md), meanwhile too.
+scripts/setup_airflow.sh &
+airflow=$!
 scripts/setup_venv.sh requirements-dev.txt
 [ -z "$chromium" ] || wait "$chromium"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+wait "$airflow" || echo "run_tests.sh: .venv-airflow was not set up; tests/test_airflow.py says so" >&2
 # Two workers, each test file on one of them (a file's servers and cluster stay together):
 # the suite waits on servers and child processes as much as it computes. Files go to the
 # workers in the order tests/conftest.py gives (longest first), not by their number of tests.

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reqs=${1:-requirements.txt}
-hash=$(cat requirements*.txt | sha256sum | cut -c1-12)
+hash=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12) # not Airflow's own
 stamp=.venv/.installed-$hash-$(basename "$reqs")
 if [ ! -f "$stamp" ]; then
   # Said, not shown: pip's own output stays quiet (its errors still print).

@@ -48,6 +48,7 @@ LONGEST_FIRST = (
     "test_faults.py",
     "test_incremental.py",
     "test_portions_runs.py",
+    "test_airflow.py",
     "test_exit_status.py",
     "test_output_paths.py",
     "test_retries.py",
