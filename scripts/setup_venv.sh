@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reqs=${1:-requirements.txt}
-hash=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12) # not Airflow's own
+# The labeller's pins (requirements-dev.txt where the checkout has it), not Airflow's own.
+hash=$(cat requirements.txt $(ls requirements-dev.txt 2>/dev/null) | sha256sum | cut -c1-12)
 stamp=.venv/.installed-$hash-$(basename "$reqs")
 if [ ! -f "$stamp" ]; then
   # Said, not shown: pip's own output stays quiet (its errors still print).
