@@ -21,6 +21,7 @@ python3 -m venv "$venv"
 # The file pins every package: --no-deps installs exactly those, with no resolving. Not
 # compiled: of its 1.6 GB Airflow imports a small part, whose bytecode Python writes on first
 # use (unless PYTHONDONTWRITEBYTECODE is set; then each `airflow` command takes about 5 s more).
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-compile -r "$reqs"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements-setup.txt # uv
+"$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps -r "$reqs"
 touch "$stamp"
 echo "setting up $venv: done" >&2

@@ -87,8 +87,9 @@ def test_run_dataflow_takes_relative_paths_from_the_folder_it_runs_in(
 
 
 def test_the_set_up_says_what_it_does_while_it_installs(tmp_path):
-    """scripts/setup_venv.sh in a copy of the checkout, with a python3 whose venv's pip only
-    records what it is asked: a line before and after an install, nothing once installed."""
+    """scripts/setup_venv.sh in a copy of the checkout, with a python3 whose venv's pip and uv
+    only record what they are asked: a line before and after an install, nothing once
+    installed."""
     checkout = tmp_path / "checkout"
     (checkout / "scripts").mkdir(parents=True)
     shutil.copy(pathlib.Path(ROOT) / "scripts" / "setup_venv.sh", checkout / "scripts")
@@ -97,7 +98,8 @@ def test_the_set_up_says_what_it_does_while_it_installs(tmp_path):
     stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(  # python3 -m venv .venv
-        f'#!/bin/sh\nmkdir -p "$3/bin"\ncp {stub} "$3/bin/pip"\ncp {stub} "$3/bin/python"\n'
+        f'#!/bin/sh\nmkdir -p "$3/bin"\n'
+        f'for tool in pip uv python; do cp {stub} "$3/bin/$tool"; done\n'
     )
     for each in (stub, bin_dir / "python3"):
         each.chmod(0o755)
