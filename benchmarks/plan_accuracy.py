@@ -2,7 +2,7 @@
 photo-like JPEGs, with the near-zero model and with the B3-sized one, the projected time
 (pipeline/plan.py, computed as --plan computes it) and the run's own time (its summary's
 seconds: listing to commit, start-up excluded, as the projection), one after the other on
-the same machine.
+the same machine; with --plan's own time (its whole process) and the parts it timed.
 
 python -m benchmarks.plan_accuracy [--photos 1000] [--work DIR] [--models near_zero,b3_sized]
 
@@ -29,22 +29,32 @@ DATE = "2026-01-01"
 SUMMARY_SECONDS = re.compile(r"labelled [\d,]+ of [\d,]+ images.* in ([\d,hms.]+) \(")
 
 
-def projected_seconds(args: list[str]) -> float:
-    """What --plan projects for these arguments, in a child process (as --plan runs)."""
+# Plan's timed parts, reported beside the projection (seconds; per image where so named).
+PARTS = ("listing_s", "load_s", "decode_wall_s", "model_s", "graph_s", "job_s", "start_s", "jobs")
+
+
+def projected(args: list[str]) -> dict:
+    """What --plan projects for these arguments, in a child process (as --plan runs), its
+    parts, and the seconds that process took, start-up included (--plan's own time)."""
     code = (
-        "import sys\n"
+        "import json, sys\n"
         "from pipeline.config import prepare\n"
         "from pipeline.options import LabelerOptions, parse_options\n"
         "from pipeline.plan import estimate\n"
         "options = parse_options(sys.argv[1:], 'plan')\n"
-        "print(estimate(prepare(options.view_as(LabelerOptions))).projected_s())\n"
+        "plan = estimate(prepare(options.view_as(LabelerOptions)))\n"
+        "print(json.dumps({**vars(plan), 'counts': None, 'projected_s': plan.projected_s()}))\n"
     )
+    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", code, *args, "--plan"], env=ENV, capture_output=True, text=True
     )
+    took = time.monotonic() - started
     if proc.returncode:
         sys.exit(f"--plan failed:\n{proc.stderr[-2000:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+    plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    parts = {name: round(plan[name], 4) for name in PARTS}
+    return {"projected_s": plan["projected_s"], "plan_process_s": round(took, 1), "parts": parts}
 
 
 def run_seconds(args: list[str]) -> float:
@@ -87,12 +97,14 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         common = [f"--input={photos}/*.jpg", f"--output={out}", f"--model={model}"]
         common.append(f"--date={DATE}")
-        projected = projected_seconds(common)
+        plan = projected(common)
         ran = run_seconds(common)
         result[name] = {
-            "projected_s": round(projected, 1),
+            "projected_s": round(plan["projected_s"], 1),
             "run_s": round(ran, 1),
-            "projected_over_run": round(projected / ran, 3),
+            "projected_over_run": round(plan["projected_s"] / ran, 3),
+            "plan_process_s": plan["plan_process_s"],
+            "plan_parts": plan["parts"],
         }
         print(json.dumps({name: result[name]}), file=sys.stderr)
     print(json.dumps(result, indent=1))
