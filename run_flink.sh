@@ -153,11 +153,8 @@ stop_process() { # pid: TERM, then KILL after 5 s
   kill -KILL "$1" 2>/dev/null || true
 }
 cleanup() {
-  if [ -n "$watchdog" ]; then # frozen first, so that it starts no new `sleep 1` meanwhile
-    kill -STOP "$watchdog" 2>/dev/null || true
-    pkill -KILL -P "$watchdog" 2>/dev/null || true
-    kill -KILL "$watchdog" 2>/dev/null || true
-  fi
+  # The watchdog's whole process group at once: it and any `sleep` it has started.
+  [ -z "$watchdog" ] || kill -KILL -- "-$watchdog" 2>/dev/null || true
   [ -z "$job" ] || stop_process "$job"
   [ -z "$watcher" ] || stop_process "$watcher"
   [ -z "$server" ] || stop_process "$server"
@@ -166,8 +163,9 @@ cleanup() {
 trap cleanup EXIT
 # Should this script be killed outright, what it started (listed in $work/pids) goes too.
 touch "$work/pids"
-(while kill -0 $$ 2>/dev/null; do sleep 1; done; kill $(cat "$work/pids"); rm -rf "$work") \
-  </dev/null >/dev/null 2>&1 &
+# In a process group of its own, so that the clean-up below ends it and its children at once.
+setsid bash -c 'while kill -0 "$1"; do sleep 1; done; kill $(cat "$2/pids"); rm -rf "$2"' \
+  watchdog $$ "$work" </dev/null >/dev/null 2>&1 &
 watchdog=$!
 disown "$watchdog" # no "Killed ..." line from bash when it is ended
 

@@ -85,8 +85,17 @@ def find_job(master: str, name: str) -> dict | None:
 
 
 def restarts(master: str, job_id: str) -> int:
+    """Times the job's tasks failed and ran again: Flink's numRestarts metric, or, where that
+    lags (the REST API's metrics are fetched every few seconds and go when a job ends), the
+    failures in the job's exception history that it went on from (all but a FAILED job's
+    last)."""
     metrics = rest(master, f"/jobs/{job_id}/metrics?get=numRestarts")
-    return int(float(metrics[0]["value"])) if metrics else 0
+    counted = int(float(metrics[0]["value"])) if metrics else 0
+    state = rest(master, f"/jobs/{job_id}")["state"]
+    if state not in TERMINAL:
+        return counted
+    failures = len(rest(master, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])
+    return max(counted, failures - (state == "FAILED"))
 
 
 def beam_counters(master: str, job_id: str, namespace: str) -> dict[str, int]:
