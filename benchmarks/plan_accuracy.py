@@ -22,7 +22,7 @@ import sys
 import time
 
 from benchmarks.run import ENV
-from benchmarks.workload import build_b3, build_trivial, make_photos
+from benchmarks.workload import build_b3, build_trivial, made_once, make_photos
 from pipeline.numbers import seconds_of
 
 DATE = "2026-01-01"
@@ -77,10 +77,9 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/beam-image-labeler-plan")
     parser.add_argument("--models", default="near_zero,b3_sized", help="which of the two")
     args = parser.parse_args()
-    photos = os.path.join(args.work, f"photos{args.photos}")
-    if not os.path.exists(photos + ".done"):
-        make_photos(args.photos, photos)
-        open(photos + ".done", "w").close()
+    photos = made_once(
+        os.path.join(args.work, f"photos{args.photos}"), lambda p: make_photos(args.photos, p)
+    )
     builders = {"near_zero": build_trivial, "b3_sized": build_b3}
     folders = {"near_zero": "near_zero", "b3_sized": "b3"}
     models = {

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from benchmarks.run import ENV
 from benchmarks.scale import BATCH, DISTINCT, SIZE, jpeg, make_tree
-from benchmarks.workload import build_b3, build_trivial, make_photos
+from benchmarks.workload import build_b3, build_trivial, made_once, make_photos
 
 DATE = "2026-01-01"
 SUMMARY = re.compile(r"labelled ([\d,]+) of ([\d,]+) images")
@@ -222,15 +222,14 @@ def labelled(inputs: str, out: str, model: str, *extra: str, poll=None) -> dict:
 
 def tree(work: str, name: str, n: int, seeds: str) -> str:
     """work/name with n hard-linked names (made once: a marker says it is whole)."""
-    root = os.path.join(work, name)
-    marker = root + ".done"
-    if not os.path.exists(marker):
-        import shutil
+    return made_once(os.path.join(work, name), lambda root: make_tree(root, n, seeds))
 
-        shutil.rmtree(root, ignore_errors=True)
-        make_tree(root, n, seeds)
-        open(marker, "w").close()
-    return root
+
+def make_seeds(folder: str) -> None:
+    """The DISTINCT JPEGs every tree's names are hard links to."""
+    os.makedirs(folder)
+    for i in range(DISTINCT):
+        jpeg(i, os.path.join(folder, f"s{i:04d}.jpg"))
 
 
 def fresh(path: str) -> str:
@@ -445,12 +444,7 @@ def main(argv=None) -> None:
         "date": time.ctime(),
         "load_at_start": os.getloadavg(),
     }
-    seeds = os.path.join(args.work, "seeds")
-    if not os.path.exists(seeds + ".done"):
-        os.makedirs(seeds, exist_ok=True)
-        for i in range(DISTINCT):
-            jpeg(i, os.path.join(seeds, f"s{i:04d}.jpg"))
-        open(seeds + ".done", "w").close()
+    seeds = made_once(os.path.join(args.work, "seeds"), make_seeds)
     model = build_trivial(os.path.join(args.work, "near_zero"))
     t0 = time.perf_counter()
     trees = {}
@@ -528,10 +522,9 @@ def main(argv=None) -> None:
         report["gap"] = gap_breakdown(args.work, seeds, model, args.gap_portion)
     # b3: portions, then one job; b3_reversed: one job, then portions (with b3: ABBA).
     for phase in [p for p in ("b3", "b3_reversed") if p in phases]:
-        photos = os.path.join(args.work, f"photos{args.photos}")
-        if not os.path.exists(photos + ".done"):
-            make_photos(args.photos, photos)
-            open(photos + ".done", "w").close()
+        photos = made_once(
+            os.path.join(args.work, f"photos{args.photos}"), lambda p: make_photos(args.photos, p)
+        )
         b3 = build_b3(os.path.join(args.work, "b3"))
         runs = report[phase] = {"photos": args.photos}
         order = [("portions", []), ("single", ["--portion_seconds=0"])]

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.dataset as ds
 
 from benchmarks.run import cpu_seconds
-from benchmarks.workload import build_trivial, make_photos
+from benchmarks.workload import build_trivial, made_once, make_photos
 
 DISTINCT = 500  # photos made; every other name is a hard link to one of them
 PROGRESS = re.compile(r"^labelling: ([\d,]+) of ")
@@ -99,26 +99,26 @@ def samples(raw: str) -> tuple[dict[int, str], dict[str, collections.Counter]]:
     return names, found
 
 
+def link_names(folder: str, n: int, photos: str) -> None:
+    """n names in folder, hard links to the photos in turn."""
+    os.makedirs(folder)
+    sources = sorted(os.listdir(photos))
+    for i in range(n):
+        os.link(os.path.join(photos, sources[i % len(sources)]), f"{folder}/p{i:07d}.jpg")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30_000, help="names (hard links)")
-    parser.add_argument("--window", type=float, default=20, help="seconds measured")
+    parser.add_argument("--window", type=int, default=20, help="seconds measured")
     parser.add_argument("--work", default="/tmp/beam-image-labeler-profile")
     parser.add_argument("--top", type=int, default=8, help="functions listed per role")
     args = parser.parse_args(argv)
 
-    distinct = os.path.join(args.work, "distinct")
-    if not os.path.exists(distinct + ".done"):
-        make_photos(DISTINCT, distinct)
-        open(distinct + ".done", "w").close()
-    names = os.path.join(args.work, f"names{args.n}")
-    if not os.path.exists(names + ".done"):
-        shutil.rmtree(names, ignore_errors=True)
-        os.makedirs(names)
-        sources = sorted(os.listdir(distinct))
-        for i in range(args.n):
-            os.link(os.path.join(distinct, sources[i % len(sources)]), f"{names}/p{i:07d}.jpg")
-        open(names + ".done", "w").close()
+    photos = made_once(os.path.join(args.work, "distinct"), lambda p: make_photos(DISTINCT, p))
+    names = made_once(
+        os.path.join(args.work, f"names{args.n}"), lambda p: link_names(p, args.n, photos)
+    )
     model = build_trivial(os.path.join(args.work, "near_zero"))
     out = os.path.join(args.work, "out")
     shutil.rmtree(out, ignore_errors=True)
@@ -138,7 +138,7 @@ def main(argv=None) -> None:
                 break
             time.sleep(0.2)
         opened, before, process_before = time.time(), thread_cpu(proc.pid), cpu_seconds(proc.pid)
-        spy = [py_spy(), "record", "--pid", str(proc.pid), "--duration", str(int(args.window))]
+        spy = [py_spy(), "record", "--pid", str(proc.pid), "--duration", str(args.window)]
         spy += ["--rate", "100", "--nonblocking", "--threads", "--format", "raw", "-o", raw]
         subprocess.run(spy, capture_output=True, check=True)
         closed, after, process_after = time.time(), thread_cpu(proc.pid), cpu_seconds(proc.pid)

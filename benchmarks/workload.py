@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "samples"
+
+
+def made_once(path: str, make: Callable[[str], object]) -> str:
+    """path, made by make(path) unless an earlier call made it whole (a marker beside it says
+    so; one cut short is made again from nothing)."""
+    marker = path + ".done"
+    if not os.path.exists(marker):
+        shutil.rmtree(path, ignore_errors=True)
+        make(path)
+        open(marker, "w").close()
+    return path
 
 
 def make_photos(n: int, folder: str, size=(500, 375), seed: int = 0) -> list[str]:
