@@ -216,6 +216,17 @@ def committed_as(plan: Plan, config: Config) -> str:
     )
 
 
+def graph_timing(plan: Plan) -> str:
+    """What the run's graph was timed on and what it took ("" when not taken through it)."""
+    if not plan.graphed:
+        return ""
+    repeated = f" (the {plan.sampled:,} repeated)" if plan.graphed > plan.sampled else ""
+    return (
+        f"; the run's graph on {plan.graphed:,} images{repeated}, {1000 * plan.graph_s:,.1f} ms "
+        f"each, and {plan.job_s:,.1f}s a job (the first {plan.start_s:,.1f}s more)"
+    )
+
+
 def format_plan(plan: Plan, config: Config) -> str:
     counts = plan.counts
     lines = [
@@ -236,14 +247,7 @@ def format_plan(plan: Plan, config: Config) -> str:
             f"({1000 * plan.decode_wall_s:,.1f} ms each at --read_concurrency "
             f"{config.read_concurrency:,}, {1000 * plan.decode_cpu_s:,.1f} ms of CPU), the "
             f"model {1000 * plan.model_s:,.1f} ms per image in batches of {config.batch_size:,}"
-            + (
-                f"; the run's graph on {plan.graphed:,} images"
-                + (f" (the {plan.sampled:,} repeated)" if plan.graphed > plan.sampled else "")
-                + f", {1000 * plan.graph_s:,.1f} ms each, and {plan.job_s:,.1f}s a job "
-                f"(the first {plan.start_s:,.1f}s more)"
-                if plan.graphed
-                else ""
-            ),
+            + graph_timing(plan),
             f"projected here: {duration(plan.projected_s())}; for the whole set: decode "
             f"{duration(counts.to_read * plan.decode_cpu_s)} of vCPU, model "
             f"{duration(counts.to_read * plan.model_s)} on this machine",
