@@ -84,14 +84,13 @@ def find_job(master: str, name: str) -> dict | None:
     return max(jobs, key=lambda j: j["start-time"]) if jobs else None
 
 
-def restarts(master: str, job_id: str) -> int:
-    """Times the job's tasks failed and ran again: Flink's numRestarts metric, or, where that
-    lags (the REST API's metrics are fetched every few seconds and go when a job ends), the
-    failures in the job's exception history that it went on from (all but a FAILED job's
-    last)."""
+def restarts(master: str, job_id: str, state: str) -> int:
+    """Times the job (now in `state`) had its tasks fail and run again: Flink's numRestarts
+    metric, or, once it has ended, where that lags (the REST API's metrics are fetched every
+    few seconds and go when a job ends), the failures in its exception history that it went
+    on from (all but a FAILED job's last)."""
     metrics = rest(master, f"/jobs/{job_id}/metrics?get=numRestarts")
     counted = int(float(metrics[0]["value"])) if metrics else 0
-    state = rest(master, f"/jobs/{job_id}")["state"]
     if state not in TERMINAL:
         return counted
     failures = len(rest(master, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])
@@ -182,13 +181,13 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
             if state in TERMINAL:
                 newer = find_job(master, name)
                 if newer and newer["jid"] != job_id:  # the next portion's job
-                    earlier_restarts += restarts(master, job_id)
+                    earlier_restarts += restarts(master, job_id, state)
                     job_id = newer["jid"]
                     write_id(id_file, job_id)
                 continue
             counts = beam_counters(master, job_id, metrics.NAMESPACE)
             reached = reached_labelling(master, job_id)
-            restarted = restarts(master, job_id)
+            restarted = restarts(master, job_id, state)
         except (OSError, ValueError, KeyError):
             continue
         if not quiet:
@@ -206,7 +205,7 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
         return
     try:
         state = rest(master, f"/jobs/{job_id}")["state"]
-        restarted = earlier_restarts + restarts(master, job_id)
+        restarted = earlier_restarts + restarts(master, job_id, state)
     except (OSError, ValueError, KeyError):
         return
     # Restarts mean tasks failed and were run again (Flink's restart strategy): the output
