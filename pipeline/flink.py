@@ -137,6 +137,18 @@ def write_id(path: str, job_id: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def settled_state(master: str, job_id: str, timeout: float = 15) -> str:
+    """The job's state once it has ended, or as it is after `timeout` seconds: the launcher
+    returns when Beam's job server says the job is done, and Flink's REST API can go on
+    showing it RUNNING for a few seconds more while the job finishes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = rest(master, f"/jobs/{job_id}")["state"]
+        if state in TERMINAL or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
 def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) -> None:
     """Waits for the job to reach the cluster, says its id and web UI link, then prints a
     progress line every `interval` seconds until this process is told to stop (SIGTERM, when
@@ -204,7 +216,7 @@ def watch(master: str, name: str, id_file: str, interval: float, quiet: bool) ->
     if job_id is None:
         return
     try:
-        state = rest(master, f"/jobs/{job_id}")["state"]
+        state = settled_state(master, job_id)
         restarted = earlier_restarts + restarts(master, job_id, state)
     except (OSError, ValueError, KeyError):
         return
