@@ -114,10 +114,12 @@ def pipeline_run(
     batch_size: int,
     env: dict | None = None,
     cores: set[int] | None = None,
+    window: tuple[float, float] | None = None,
 ) -> dict:
     """The CLI on photos (a folder or gs:// prefix) into `out`, on `cores` if given: wall
     time, rates, peak RSS, and the CPU seconds per image of the whole process in the steady
-    state."""
+    state: from the first batch's row to the last, or, with `window` (shares of the rows,
+    say 0.2 to 0.9), between those rows, away from the run's first portion and its end."""
     pin = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []
     cmd = [
         *pin,
@@ -135,12 +137,15 @@ def pipeline_run(
     wall, peak_mib, _ = run_child(cmd, env, cpu)
     table = ds.dataset(os.path.join(out, "predictions"), partitioning="hive").to_table()
     stamps = np.sort(table.column("processed_at").cast("int64").to_numpy()) / 1e6
-    first_batch = min(batch_size, len(stamps)) - 1
-    steady = (len(stamps) - 1 - first_batch) / (stamps[-1] - stamps[first_batch])
-    steady_cpu = cpu_between(cpu, stamps[first_batch], stamps[-1]) if cpu else float("nan")
+    if window:
+        first, last = (round(share * (len(stamps) - 1)) for share in window)
+    else:
+        first, last = min(batch_size, len(stamps)) - 1, len(stamps) - 1
+    steady = (last - first) / (stamps[last] - stamps[first])
+    steady_cpu = cpu_between(cpu, stamps[first], stamps[last]) if cpu else float("nan")
     return {
-        "steady_cpu_per_image_ms": 1e3 * steady_cpu / (len(stamps) - 1 - first_batch),
-        "steady_cores_used": steady_cpu / (stamps[-1] - stamps[first_batch]),
+        "steady_cpu_per_image_ms": 1e3 * steady_cpu / (last - first),
+        "steady_cores_used": steady_cpu / (stamps[last] - stamps[first]),
         "images": len(stamps),
         "wall_s": wall,
         "end_to_end_rate": len(stamps) / wall,

@@ -246,10 +246,16 @@ def import_tensorflow_quietly() -> None:
     TensorFlow also imports a Keras as it loads; unless the user chose, the Keras 2 that TF
     Hub needs anyway (tf_keras, TF_USE_LEGACY_KERAS=1), not Keras 3, which imports
     matplotlib with it (a second more of every start). Restoring a SavedModel needs
-    neither."""
+    neither.
+
+    And unless the user chose, TensorFlow keeps the CPU memory it has used for the next
+    batch (its BFC allocator, TF_CPU_ALLOCATOR_USE_BFC): by default each batch's float
+    tensors (35 MB for 32 images of 300x300, past glibc's mmap threshold) are new pages
+    that the kernel faults in and zeroes, batch after batch (docs/performance.md)."""
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         import tensorflow  # noqa: F401
 

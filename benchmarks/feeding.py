@@ -1,0 +1,116 @@
+"""How close the pipeline feeds to the decoder's limit (not a test): the CLI's steady rate
+with the near-zero model against decode+resize alone on every core at once, the same photos.
+
+    .venv/bin/python -m benchmarks.feeding [--small 3000] [--large 600] [--rounds 3]
+
+The decoder alone: one process per usable core, each with its share of the photos already in
+memory, started together; its rate is all the photos over the time the last one took. The
+pipeline: `python -m pipeline.run` at its defaults on the same folder (benchmarks.run's
+pipeline_run: rate and whole-process CPU between the rows at 20% and 90% of the run, by
+their processed_at). Rounds
+alternate the two so both meet the same load; medians. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+from benchmarks.run import LARGE, pipeline_run
+from benchmarks.workload import build_trivial, made_once, make_photos
+from transforms.feed import usable_cores
+from transforms.images import decode_and_resize
+
+# The rows the steady rate is measured over (shares of the run's rows): past the run's first
+# portion (64 images) and its start, short of its last batches.
+STEADY = (0.2, 0.9)
+
+
+def decode_share(paths: list[str], size: int, start, done) -> None:
+    data = [open(p, "rb").read() for p in paths]
+    start.wait()
+    for d in data:
+        decode_and_resize(d, size)
+    done.put(time.perf_counter())
+
+
+def all_core_decoder(paths: list[str], size: int = 300) -> float:
+    """Images/s of decode+resize with one process per usable core, all started at once."""
+    cores = usable_cores()
+    ctx = multiprocessing.get_context("fork")
+    start, done = ctx.Barrier(cores + 1), ctx.Queue()
+    procs = [
+        ctx.Process(target=decode_share, args=(paths[i::cores], size, start, done))
+        for i in range(cores)
+    ]
+    for p in procs:
+        p.start()
+    start.wait()
+    began = time.perf_counter()
+    ended = max(done.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return len(paths) / (ended - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=3000, help="500x375 photos (0: none)")
+    parser.add_argument("--large", type=int, default=600, help="3000x2250 photos (0: none)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "feeding-bench"))
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    model = build_trivial(os.path.join(args.workdir, "near_zero"))
+    sets = {}
+    if args.small:
+        sets["500x375"] = made_once(
+            os.path.join(args.workdir, f"small_{args.small}"),
+            lambda d: make_photos(args.small, d),
+        )
+    if args.large:
+        sets["3000x2250"] = made_once(
+            os.path.join(args.workdir, f"large_{args.large}"),
+            lambda d: make_photos(args.large, d, size=LARGE, seed=5),
+        )
+    results: dict = {name: {"decoder": [], "pipeline": [], "cores_used": [], "cpu_ms": []} for name in sets}
+    for _ in range(args.rounds):
+        for name, folder in sets.items():
+            paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+            results[name]["decoder"].append(all_core_decoder(paths))
+            out = os.path.join(args.workdir, "out")
+            shutil.rmtree(out, ignore_errors=True)  # else the run skips what is labelled
+            run = pipeline_run(folder, model, out, 32, window=STEADY)
+            results[name]["pipeline"].append(run["steady_rate"])
+            results[name]["cores_used"].append(run["steady_cores_used"])
+            results[name]["cpu_ms"].append(run["steady_cpu_per_image_ms"])
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    report: dict = {
+        "machine": f"{platform.node()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": rev.stdout.strip(),
+    }
+    for name, r in results.items():
+        ratios = [p / d for p, d in zip(r["pipeline"], r["decoder"], strict=True)]
+        report[name] = {
+            "decoder_all_cores": round(statistics.median(r["decoder"]), 1),
+            "pipeline_steady": round(statistics.median(r["pipeline"]), 1),
+            "pipeline_cores_used": round(statistics.median(r["cores_used"]), 2),
+            "pipeline_cpu_ms_per_image": round(statistics.median(r["cpu_ms"]), 2),
+            "decoder_core_ms_per_image": round(1e3 * usable_cores() / statistics.median(r["decoder"]), 2),
+            "ratios": [round(x, 3) for x in ratios],
+            "ratio_median": round(statistics.median(ratios), 3),
+        }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
