@@ -81,7 +81,9 @@ def main() -> None:
             os.path.join(args.workdir, f"large_{args.large}"),
             lambda d: make_photos(args.large, d, size=LARGE, seed=5),
         )
-    results: dict = {name: {"decoder": [], "pipeline": [], "cores_used": [], "cpu_ms": []} for name in sets}
+    results: dict = {
+        name: {"decoder": [], "pipeline": [], "cores_used": [], "cpu_ms": []} for name in sets
+    }
     for _ in range(args.rounds):
         for name, folder in sets.items():
             paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
@@ -105,7 +107,9 @@ def main() -> None:
             "pipeline_steady": round(statistics.median(r["pipeline"]), 1),
             "pipeline_cores_used": round(statistics.median(r["cores_used"]), 2),
             "pipeline_cpu_ms_per_image": round(statistics.median(r["cpu_ms"]), 2),
-            "decoder_core_ms_per_image": round(1e3 * usable_cores() / statistics.median(r["decoder"]), 2),
+            "decoder_core_ms_per_image": round(
+                1e3 * usable_cores() / statistics.median(r["decoder"]), 2
+            ),
             "ratios": [round(x, 3) for x in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
         }
