@@ -1,6 +1,9 @@
 """The model handler: loading a SavedModel, the uint8 -> [0, 1] scaling, output checks."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +106,22 @@ def test_tf_hub_downloads_go_to_a_lasting_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("TFHUB_CACHE_DIR", "/somewhere/else")  # the user's choice wins
     use_lasting_hub_cache()
     assert resolver.tfhub_cache_dir() == "/somewhere/else"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "true"), ("false", "false")])
+def test_tensorflow_keeps_its_cpu_memory_for_the_next_batch_unless_the_user_chose(given, expected):
+    """TensorFlow's BFC allocator is chosen before TensorFlow loads (in a fresh process: it
+    reads the variable once), and a user's own setting is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if given is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = given
+    code = (
+        "import os, sys; from transforms.models.catalog import import_tensorflow_quietly; "
+        "import_tensorflow_quietly(); assert 'tensorflow' in sys.modules; "
+        "print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [expected]
