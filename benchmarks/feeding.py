@@ -1,14 +1,17 @@
 """How close the pipeline feeds to the decoder's limit (not a test): the CLI's steady rate
 with the near-zero model against decode+resize alone on every core at once, the same photos.
 
-    .venv/bin/python -m benchmarks.feeding [--small 3000] [--large 600] [--rounds 3]
+    .venv/bin/python -m benchmarks.feeding [--small 3000] [--large 600] [--rounds 3] [--gcs]
 
 The decoder alone: one process per usable core, each with its share of the photos already in
 memory, started together; its rate is all the photos over the time the last one took. The
 pipeline: `python -m pipeline.run` at its defaults on the same folder (benchmarks.run's
 pipeline_run: rate and whole-process CPU between the rows at 20% and 90% of the run, by
 their processed_at). Rounds
-alternate the two so both meet the same load; medians. Prints one JSON object.
+alternate the two so both meet the same load; medians. With --gcs, also the small photos
+from gs:// (a loopback emulator behind a proxy adding 50 ms to each request, benchmarks.run's
+slow_bucket) against the same from local disk, the pipeline on the cores the servers leave
+free, alternated. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import subprocess
 import tempfile
 import time
 
-from benchmarks.run import LARGE, pipeline_run
+from benchmarks.run import LARGE, on_cores, pipeline_run, slow_bucket, split_cores
 from benchmarks.workload import build_trivial, made_once, make_photos
 from transforms.feed import usable_cores
 from transforms.images import decode_and_resize
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=3000, help="500x375 photos (0: none)")
     parser.add_argument("--large", type=int, default=600, help="3000x2250 photos (0: none)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gcs", action="store_true", help="gs:// at 50 ms against local disk")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "feeding-bench"))
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -94,6 +98,7 @@ def main() -> None:
             results[name]["pipeline"].append(run["steady_rate"])
             results[name]["cores_used"].append(run["steady_cores_used"])
             results[name]["cpu_ms"].append(run["steady_cpu_per_image_ms"])
+    gcs = gcs_against_local(sets["500x375"], model, args) if args.gcs and args.small else None
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     report: dict = {
         "machine": f"{platform.node()}, {os.cpu_count()} cores",
@@ -113,7 +118,35 @@ def main() -> None:
             "ratios": [round(x, 3) for x in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
         }
+    if gcs:
+        ratios = [g / loc for g, loc in zip(gcs["gs://"], gcs["local"], strict=True)]
+        report["gcs_50ms_vs_local"] = {
+            "cores": gcs["cores"],
+            "local": round(statistics.median(gcs["local"]), 1),
+            "gs://": round(statistics.median(gcs["gs://"]), 1),
+            "cores_used_local": round(statistics.median(gcs["local cores used"]), 2),
+            "cores_used_gs://": round(statistics.median(gcs["gs:// cores used"]), 2),
+            "ratios": [round(x, 3) for x in ratios],
+            "ratio_median": round(statistics.median(ratios), 3),
+        }
     print(json.dumps(report, indent=1))
+
+
+def gcs_against_local(folder: str, model: str, args) -> dict:
+    """Steady rates of the photos from local disk and from a slow bucket, alternated, the
+    pipeline on the cores the storage servers leave free."""
+    pipeline_cores, server_cores = split_cores()
+    rates: dict = {"cores": len(pipeline_cores), "local": [], "gs://": []}
+    rates.update({"local cores used": [], "gs:// cores used": []})
+    out = os.path.join(args.workdir, "out")
+    with on_cores(server_cores), slow_bucket(folder, args.workdir) as (prefix, env):
+        for _ in range(args.rounds):
+            for name, source, run_env in (("local", folder, None), ("gs://", prefix, env)):
+                shutil.rmtree(out, ignore_errors=True)
+                run = pipeline_run(source, model, out, 32, run_env, pipeline_cores, STEADY)
+                rates[name].append(run["steady_rate"])
+                rates[f"{name} cores used"].append(run["steady_cores_used"])
+    return rates
 
 
 if __name__ == "__main__":

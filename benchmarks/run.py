@@ -190,10 +190,11 @@ def slow_bucket(photos: str, work: str, delay: float = 0.05):
     environment for the pipeline child)."""
     from google.cloud import storage
 
-    from tests.gcs_servers import Emulator, LatencyProxy, MetadataServer, free_port, metadata_env
+    from tests.gcs_proxy import LatencyProxy
+    from tests.gcs_servers import Emulator, MetadataServer, free_port, metadata_env
 
     metadata = MetadataServer(free_port()).start()
-    emulator = Emulator(tempfile.mkdtemp(dir=work), threaded=True).start()
+    emulator = Emulator(tempfile.mkdtemp(dir=work), threaded=True, in_memory=True).start()
     proxy = LatencyProxy(emulator.port, delay).start()
     env = dict(ENV, **metadata_env(metadata.port), STORAGE_EMULATOR_HOST=proxy.endpoint)
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
