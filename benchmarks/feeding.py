@@ -6,12 +6,11 @@ with the near-zero model against decode+resize alone on every core at once, the 
 The decoder alone: one process per usable core, each with its share of the photos already in
 memory, started together; its rate is all the photos over the time the last one took. The
 pipeline: `python -m pipeline.run` at its defaults on the same folder (benchmarks.run's
-pipeline_run: rate and whole-process CPU between the rows at 20% and 90% of the run, by
-their processed_at). Rounds
-alternate the two so both meet the same load; medians. With --gcs, also the small photos
-from gs:// (a loopback emulator behind a proxy adding 50 ms to each request, benchmarks.run's
-slow_bucket) against the same from local disk, the pipeline on the cores the servers leave
-free, alternated. Prints one JSON object.
+pipeline_run: rate and whole-process CPU between the rows at 20% and 90% of the run, by their
+processed_at). Rounds alternate the two so both meet the same load; medians. With --gcs, also
+the small photos from gs:// (a loopback emulator behind a proxy adding 50 ms to each request,
+benchmarks.run's slow_bucket) against the same from local disk, the pipeline on the cores the
+servers leave free, alternated. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -38,7 +37,10 @@ STEADY = (0.2, 0.9)
 
 
 def decode_share(paths: list[str], size: int, start, done) -> None:
-    data = [open(p, "rb").read() for p in paths]
+    data = []
+    for path in paths:
+        with open(path, "rb") as f:
+            data.append(f.read())
     start.wait()
     for d in data:
         decode_and_resize(d, size)
