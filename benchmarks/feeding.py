@@ -87,68 +87,77 @@ def main() -> None:
             os.path.join(args.workdir, f"large_{args.large}"),
             lambda d: make_photos(args.large, d, size=LARGE, seed=5),
         )
-    results: dict = {
-        name: {"decoder": [], "pipeline": [], "cores_used": [], "cpu_ms": []} for name in sets
-    }
+    decoder: dict = {name: [] for name in sets}  # images/s, a round each
+    runs: dict = {name: [] for name in sets}  # pipeline_run's results, a round each
     for _ in range(args.rounds):
         for name, folder in sets.items():
             paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-            results[name]["decoder"].append(all_core_decoder(paths))
-            out = os.path.join(args.workdir, "out")
-            shutil.rmtree(out, ignore_errors=True)  # else the run skips what is labelled
-            run = pipeline_run(folder, model, out, 32, window=STEADY)
-            results[name]["pipeline"].append(run["steady_rate"])
-            results[name]["cores_used"].append(run["steady_cores_used"])
-            results[name]["cpu_ms"].append(run["steady_cpu_per_image_ms"])
-    gcs = gcs_against_local(sets["500x375"], model, args) if args.gcs and args.small else None
+            decoder[name].append(all_core_decoder(paths))
+            runs[name].append(steady_run(folder, model, args.workdir))
+    gcs = (
+        gcs_against_local(sets["500x375"], model, args.workdir, args.rounds)
+        if (args.gcs and args.small)
+        else None
+    )
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     report: dict = {
         "machine": f"{platform.node()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": rev.stdout.strip(),
     }
-    for name, r in results.items():
-        ratios = [p / d for p, d in zip(r["pipeline"], r["decoder"], strict=True)]
+    for name in sets:
+        rates = [r["steady_rate"] for r in runs[name]]
+        ratios = [p / d for p, d in zip(rates, decoder[name], strict=True)]
         report[name] = {
-            "decoder_all_cores": round(statistics.median(r["decoder"]), 1),
-            "pipeline_steady": round(statistics.median(r["pipeline"]), 1),
-            "pipeline_cores_used": round(statistics.median(r["cores_used"]), 2),
-            "pipeline_cpu_ms_per_image": round(statistics.median(r["cpu_ms"]), 2),
+            "decoder_all_cores": round(statistics.median(decoder[name]), 1),
+            "pipeline_steady": round(statistics.median(rates), 1),
+            "pipeline_cores_used": median(runs[name], "steady_cores_used"),
+            "pipeline_cpu_ms_per_image": median(runs[name], "steady_cpu_per_image_ms"),
             "decoder_core_ms_per_image": round(
-                1e3 * usable_cores() / statistics.median(r["decoder"]), 2
+                1e3 * usable_cores() / statistics.median(decoder[name]), 2
             ),
             "ratios": [round(x, 3) for x in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
         }
     if gcs:
-        ratios = [g / loc for g, loc in zip(gcs["gs://"], gcs["local"], strict=True)]
+        cores, local, remote = gcs
+        ratios = [
+            g["steady_rate"] / loc["steady_rate"] for g, loc in zip(remote, local, strict=True)
+        ]
         report["gcs_50ms_vs_local"] = {
-            "cores": gcs["cores"],
-            "local": round(statistics.median(gcs["local"]), 1),
-            "gs://": round(statistics.median(gcs["gs://"]), 1),
-            "cores_used_local": round(statistics.median(gcs["local cores used"]), 2),
-            "cores_used_gs://": round(statistics.median(gcs["gs:// cores used"]), 2),
+            "cores": cores,
+            "local": median(local, "steady_rate", 1),
+            "gs://": median(remote, "steady_rate", 1),
+            "cores_used_local": median(local, "steady_cores_used"),
+            "cores_used_gs://": median(remote, "steady_cores_used"),
             "ratios": [round(x, 3) for x in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
         }
     print(json.dumps(report, indent=1))
 
 
-def gcs_against_local(folder: str, model: str, args) -> dict:
-    """Steady rates of the photos from local disk and from a slow bucket, alternated, the
-    pipeline on the cores the storage servers leave free."""
+def median(runs: list[dict], key: str, digits: int = 2) -> float:
+    return round(statistics.median(r[key] for r in runs), digits)
+
+
+def steady_run(source: str, model: str, workdir: str, env=None, cores=None) -> dict:
+    """The CLI on `source` into a fresh output (else it skips what an earlier round labelled),
+    measured between the STEADY rows."""
+    out = os.path.join(workdir, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    return pipeline_run(source, model, out, 32, env, cores, STEADY)
+
+
+def gcs_against_local(folder: str, model: str, workdir: str, rounds: int):
+    """(cores used for the pipeline, its runs from local disk, its runs from a slow bucket),
+    alternated, the pipeline on the cores the storage servers leave free."""
     pipeline_cores, server_cores = split_cores()
-    rates: dict = {"cores": len(pipeline_cores), "local": [], "gs://": []}
-    rates.update({"local cores used": [], "gs:// cores used": []})
-    out = os.path.join(args.workdir, "out")
-    with on_cores(server_cores), slow_bucket(folder, args.workdir) as (prefix, env):
-        for _ in range(args.rounds):
-            for name, source, run_env in (("local", folder, None), ("gs://", prefix, env)):
-                shutil.rmtree(out, ignore_errors=True)
-                run = pipeline_run(source, model, out, 32, run_env, pipeline_cores, STEADY)
-                rates[name].append(run["steady_rate"])
-                rates[f"{name} cores used"].append(run["steady_cores_used"])
-    return rates
+    local, remote = [], []
+    with on_cores(server_cores), slow_bucket(folder, workdir) as (prefix, env):
+        for _ in range(rounds):
+            local.append(steady_run(folder, model, workdir, None, pipeline_cores))
+            remote.append(steady_run(prefix, model, workdir, env, pipeline_cores))
+    return len(pipeline_cores), local, remote
 
 
 if __name__ == "__main__":
