@@ -62,13 +62,15 @@ def model_handler(config: Config) -> KeyedModelHandler:
 
 
 def classifier(config: Config) -> ImageClassifierHandler:
-    """The run's model handler (RunInference keys it by work unit; --plan times it bare)."""
+    """The run's model handler, each image's top k found with its batch (RunInference keys it
+    by work unit; --plan times it bare)."""
     return ImageClassifierHandler(
         config.model,
         image_size=config.image_size,
         batch_size=config.batch_size,
         num_classes=len(config.labels),
         require_gpu=config.require_gpu,
+        top_k=config.top_k,
     )
 
 
@@ -96,7 +98,7 @@ def build_pipeline(
         | "RunInference" >> RunInference(model_handler(config)).with_exception_handling()
     )
     scored = inferred | "TopK" >> beam.ParDo(
-        ToPredictionRow(config.labels, config.top_k, config.model)
+        ToPredictionRow(config.labels, config.model)
     ).with_outputs(ERRORS, main="predictions")
     predictions = scored.predictions
     inference_errors = dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(

@@ -1,11 +1,12 @@
-"""After RunInference: model logits -> top-k prediction rows; failed inference batches ->
-error rows."""
+"""A batch's logits -> each image's top k (in the model handler, a batch at once); after
+RunInference: top k -> prediction rows; failed inference batches -> error rows."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -24,16 +25,31 @@ def labelling_id(labels: Sequence[str], k: int) -> str:
     return f"top_k={k} labels=sha256:{digest[:16]}"
 
 
-def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax over a 1-D logit vector; the k best class ids (best first) and probabilities."""
+class TopK(NamedTuple):
+    """An image's k best classes, best first, and their probabilities (the softmax of its
+    logits), as the Python values a prediction row holds."""
+
+    class_ids: list[int]
+    scores: list[float]
+
+
+def top_k(logits: np.ndarray, k: int) -> list[TopK | v.ImageError]:
+    """Softmax over each row of a batch's logits [images, classes] -> each image's TopK, or the
+    error for a row that gives no probability distribution (non_finite). One pass of numpy
+    over the whole batch (the model handler calls it on each batch it labels), in float64."""
     logits = np.asarray(logits, dtype=np.float64)
     with np.errstate(all="ignore"):  # NaN and infinities are checked below
-        exp = np.exp(logits - logits.max())
-        probs = exp / exp.sum()
-    if not np.isfinite(probs).all():  # NaN or +Inf logits, or every one -Inf
-        raise non_finite(logits)
-    best = best_first(probs, k)
-    return best.astype(np.int32), probs[best].astype(np.float32)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+    finite = np.isfinite(probs).all(axis=1)  # not so: NaN or +Inf logits, or every one -Inf
+    good = probs[finite]
+    best = best_first(good, k)
+    found = zip(
+        best.astype(np.int32).tolist(),
+        np.take_along_axis(good, best, axis=1).astype(np.float32).tolist(),
+        strict=True,
+    )
+    return [TopK(*next(found)) if ok else non_finite(row) for ok, row in zip(finite, logits)]
 
 
 def non_finite(logits: np.ndarray) -> v.ImageError:
@@ -53,32 +69,30 @@ def non_finite(logits: np.ndarray) -> v.ImageError:
 
 
 def best_first(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first, equal values in index order: what
-    np.argsort(-values, kind="stable")[:k] gives, without sorting all of them."""
-    n = len(values)
-    if k < n:
-        kth = np.partition(values, n - k)[n - k]  # the k-th largest value
-        candidates = np.flatnonzero(values >= kth)  # every index that can be in the top k
-        if len(candidates) >= k:  # fewer only with NaNs: then the full sort decides
-            order = np.argsort(-values[candidates], kind="stable")[:k]
-            return candidates[order]
-    return np.argsort(-values, kind="stable")[:k]
+    """For each row of finite values [rows, n], the indices of its min(k, n) largest, largest
+    first, equal values in index order: what np.argsort(-values, axis=1, kind="stable")[:, :k]
+    gives, without sorting all of them."""
+    rows, n = values.shape
+    if k >= n or rows == 0:
+        return np.argsort(-values, axis=1, kind="stable")[:, :k]
+    kth = np.partition(values, n - k, axis=1)[:, n - k, None]  # each row's k-th largest
+    row, col = np.nonzero(values >= kth)  # the indices that can be in their row's top k
+    order = np.lexsort((col, -values[row, col], row))  # by row, value down, index up
+    row, col = row[order], col[order]
+    place = np.arange(len(row)) - np.searchsorted(row, row)  # within its row, from 0
+    return col[place < k].reshape(rows, k)
 
 
-def prediction_rows(
-    work: Work, logits: np.ndarray, labels: Sequence[str], k: int, model: str
-) -> list[dict]:
+def prediction_rows(work: Work, best: TopK, labels: Sequence[str], model: str) -> list[dict]:
     """One prediction row per input of the work (inputs of identical content share one
     inference), each with its own URI and source version."""
-    ids, scores = top_k(logits, k)
-    class_ids = ids.tolist()
-    names, probs, now = [labels[i] for i in class_ids], scores.tolist(), utc_now()
+    names, now = [labels[i] for i in best.class_ids], utc_now()
     return [
         {
             "uri": item.uri,
-            "class_ids": class_ids,
+            "class_ids": best.class_ids,
             "labels": names,
-            "scores": probs,
+            "scores": best.scores,
             "model": model,
             SOURCE_VERSION: item.version,
             "processed_at": now,
@@ -88,26 +102,24 @@ def prediction_rows(
 
 
 class ToPredictionRow(beam.DoFn):
-    """(work, PredictionResult) -> a prediction row per input of the work, each counted as
-    labelled (all but the one read also as served by an identical image); scores that are
-    not finite -> an error row per input, tagged ERRORS (stage inference), each counted as
-    failed."""
+    """(work, PredictionResult of its TopK) -> a prediction row per input of the work, each
+    counted as labelled (all but the one read also as served by an identical image); scores
+    that are not finite (an ImageError for a result) -> an error row per input, tagged ERRORS
+    (stage inference), each counted as failed."""
 
-    def __init__(self, labels: Sequence[str], k: int, model: str):
+    def __init__(self, labels: Sequence[str], model: str):
         self._labels = list(labels)
-        self._k = k
         self._model = model
 
     def process(self, element):
         work, result = element
-        try:
-            rows = prediction_rows(work, result.inference, self._labels, self._k, self._model)
-        except v.ImageError as e:  # non-finite scores: error rows, counted as failed
+        if isinstance(result.inference, v.ImageError):  # non-finite scores: counted as failed
             for item in work:
-                error = failure_row(item.uri, v.INFERENCE, e, item.version)
+                error = failure_row(item.uri, v.INFERENCE, result.inference, item.version)
                 metrics.count_failure(error)
                 yield beam.pvalue.TaggedOutput(v.ERRORS, error)
             return
+        rows = prediction_rows(work, result.inference, self._labels, self._model)
         metrics.images_identical.inc(len(rows) - 1)
         for row in rows:
             metrics.count_labelled()

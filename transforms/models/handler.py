@@ -10,6 +10,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.metrics import NAMESPACE
+from transforms.postprocess import top_k
 from transforms.models.catalog import (
     WANTED,
     ModelError,
@@ -102,7 +103,9 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
     """Loads a TF2 SavedModel image classifier; input uint8 (N, S, S, 3).
 
     The uint8 -> float32 [0, 1] conversion runs inside the compiled call, so images travel
-    (and queue, and go to the GPU) at a quarter of the float size.
+    (and queue, and go to the GPU) at a quarter of the float size. Each image's result is
+    its logits, or with `top_k` its postprocess.TopK (or the error of logits that give no
+    probabilities), found for the whole batch at once.
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
         batch_size: int,
         num_classes: int | None = None,
         require_gpu: bool = False,
+        top_k: int | None = None,
     ):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        self._top_k = top_k
         self._model = model
         self._image_size = image_size
         self._num_classes = num_classes
@@ -166,8 +171,8 @@ class ImageClassifierHandler(ModelHandler[np.ndarray, PredictionResult, Callable
     ) -> Iterable[PredictionResult]:
         out = model(as_tensor(stack_aligned(batch)))
         self._check_output(out, len(batch))  # an output that changes with the batch: these fail
-        logits = out.numpy()
-        return [PredictionResult(image, row) for image, row in zip(batch, logits, strict=True)]
+        results = out.numpy() if self._top_k is None else top_k(out.numpy(), self._top_k)
+        return [PredictionResult(image, r) for image, r in zip(batch, results, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)
