@@ -49,7 +49,10 @@ def top_k(logits: np.ndarray, k: int) -> list[TopK | v.ImageError]:
         np.take_along_axis(good, best, axis=1).astype(np.float32).tolist(),
         strict=True,
     )
-    return [TopK(*next(found)) if ok else non_finite(row) for ok, row in zip(finite, logits)]
+    return [
+        TopK(*next(found)) if ok else non_finite(row)
+        for ok, row in zip(finite, logits, strict=True)
+    ]
 
 
 def non_finite(logits: np.ndarray) -> v.ImageError:

@@ -10,7 +10,6 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.metrics import NAMESPACE
-from transforms.postprocess import top_k
 from transforms.models.catalog import (
     WANTED,
     ModelError,
@@ -19,6 +18,7 @@ from transforms.models.catalog import (
     import_tensorflow_quietly,
     resolve_model_dir,
 )
+from transforms.postprocess import top_k
 
 
 def load_module(handle: str) -> Any:
