@@ -89,10 +89,13 @@ def main() -> None:
         )
     decoder: dict = {name: [] for name in sets}  # images/s, a round each
     runs: dict = {name: [] for name in sets}  # pipeline_run's results, a round each
+    photos = {
+        name: sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        for name, folder in sets.items()
+    }
     for _ in range(args.rounds):
         for name, folder in sets.items():
-            paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-            decoder[name].append(all_core_decoder(paths))
+            decoder[name].append(all_core_decoder(photos[name]))
             runs[name].append(steady_run(folder, model, args.workdir))
     gcs = (
         gcs_against_local(sets["500x375"], model, args.workdir, args.rounds)

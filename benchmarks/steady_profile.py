@@ -175,9 +175,9 @@ def main(argv=None) -> None:
     # TensorFlow runs small kernels inline). On a GPU worker it is the GPU's work.
     model = sum(v for k, v in cpu.items() if k.startswith("native: "))
     beam_samples = by_role.get("beam", collections.Counter())
-    working = sum(v for k, v in beam_samples.items() if k != "(waiting)")
+    beam_working = sum(v for k, v in beam_samples.items() if k != "(waiting)")
     in_tf = sum(v for k, v in beam_samples.items() if "(tensorflow/" in k)
-    model += cpu["beam"] * in_tf / working if working else 0.0
+    model += cpu["beam"] * in_tf / beam_working if beam_working else 0.0
     where = {}
     for part, counts in sorted(by_role.items()):
         working = sum(v for k, v in counts.items() if k != "(waiting)")
