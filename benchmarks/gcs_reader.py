@@ -50,7 +50,7 @@ def our_reader(in_flight: int) -> Callable[[str], bytes]:
     from transforms.storage import gcs
     from transforms.storage.bounded import MB, ByteBudget
 
-    reader = gcs.GcsReader(in_flight, {})
+    reader = gcs.GcsReader({})
     budget = ByteBudget(1 << 40)
 
     def read(uri: str) -> bytes:

@@ -56,7 +56,7 @@ def client_download(uri: str):
 @pytest.mark.parametrize("case", CASES)
 def test_reader_gives_what_the_storage_client_gives(case, objects, sample_jpeg):
     uri = objects[case]
-    reader = gcs.GcsReader(4, {})
+    reader = gcs.GcsReader({})
     budget = ByteBudget(8 * MB)
     ours, our_error = outcome(lambda: reader.read(uri, 8 * MB, MB, budget))
     theirs, their_error = client_download(uri)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import http.server
+import os
+import socket
 import threading
 import tracemalloc
 import types
@@ -18,10 +20,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from google.api_core import exceptions as api_exceptions
 
 from tests.gcs_proxy import Fault, LatencyProxy
-from tests.gcs_servers import Emulator
+from tests.gcs_servers import Emulator, free_port
 from transforms import rows
 from transforms import vocabulary as v
-from transforms.storage import gcs, retries
+from transforms.storage import curl_get, gcs, retries
 from transforms.storage.bounded import MB, ByteBudget
 from transforms.storage.listing import Listed
 
@@ -75,11 +77,8 @@ def test_the_environment_s_proxy_and_ca_bundle_are_used(monkeypatch, tmp_path):
     bundle = tmp_path / "ca.pem"
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
-    pool = gcs.environment_pool("https://storage.googleapis.com", 8)
-    assert isinstance(pool, urllib3.ProxyManager)
-    assert pool.proxy.host == "proxy.example" and pool.proxy.port == 3128
-    assert pool.connection_pool_kw["ca_certs"] == str(bundle)
-    assert pool.connection_pool_kw["maxsize"] == 8
+    route = curl_get.environment_route("https://storage.googleapis.com")
+    assert route == curl_get.Route("http://proxy.example:3128", str(bundle))
 
 
 def test_no_proxy_bypasses_it_and_certifi_is_the_default_bundle(monkeypatch):
@@ -90,11 +89,84 @@ def test_no_proxy_bypasses_it_and_certifi_is_the_default_bundle(monkeypatch):
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", ".googleapis.com")
-    pool = gcs.environment_pool("https://storage.googleapis.com", 8)
-    assert type(pool) is urllib3.PoolManager
-    assert pool.connection_pool_kw["ca_certs"] == certifi.where()
+    route = curl_get.environment_route("https://storage.googleapis.com")
+    assert route == curl_get.Route("", certifi.where())
     # A plain-HTTP endpoint (an emulator) takes HTTP_PROXY, not HTTPS_PROXY.
-    assert type(gcs.environment_pool("http://127.0.0.1:9", 8)) is urllib3.PoolManager
+    assert curl_get.environment_route("http://127.0.0.1:9").proxy == ""
+
+
+def test_reads_go_through_the_environment_s_proxy(bucket, sample_jpeg, monkeypatch):
+    """libcurl is told the route (its own reading of the environment is not used): an HTTP
+    proxy named in HTTP_PROXY carries the read, and NO_PROXY takes it off again."""
+    from google.cloud import storage
+
+    storage.Client().bucket(bucket).blob("photo.jpg").upload_from_string(sample_jpeg)
+    endpoint = os.environ["STORAGE_EMULATOR_HOST"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forwarder)
+    _Forwarder.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+    try:
+        got = gcs.GcsReader({}).read(f"gs://{bucket}/photo.jpg", MB, MB, ByteBudget(MB))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        again = gcs.GcsReader({}).read(f"gs://{bucket}/photo.jpg", MB, MB, ByteBudget(MB))
+    finally:
+        server.shutdown()
+    assert got == again == sample_jpeg
+    reads = [url for url in _Forwarder.seen if "alt=media" in url]
+    assert reads == [f"{endpoint}/download/storage/v1/b/{bucket}/o/photo.jpg?alt=media"]
+
+
+def test_connection_faults_and_timeouts_are_transient_and_others_are_not():
+    """What libcurl could not do, as the exception types retries.py tells apart."""
+    import certifi
+
+    getter = curl_get.Getter(curl_get.Route("", certifi.where()), timeout_s=1)
+    take = lambda status, headers: MB  # noqa: E731
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts nothing, answers nothing
+    closed = free_port()
+    try:
+        with pytest.raises(ConnectionError, match="GET gs://b/o: ") as refused:
+            getter.get(f"http://127.0.0.1:{closed}/o", {}, take, "gs://b/o")
+        with pytest.raises(TimeoutError, match="GET gs://b/o: ") as timed_out:
+            getter.get(f"http://127.0.0.1:{silent.getsockname()[1]}/o", {}, take, "gs://b/o")
+    finally:
+        silent.close()
+    with pytest.raises(curl_get.TransportError, match="libcurl error") as own:
+        getter.get("nope://127.0.0.1/o", {}, take, "gs://b/o")
+    kinds = [retries.fault_kind(e.value) for e in (refused, timed_out, own)]
+    assert kinds == [retries.TRANSIENT, retries.TRANSIENT, retries.PERMANENT]
+
+
+class _Forwarder(http.server.BaseHTTPRequestHandler):
+    """An HTTP proxy for GETs (the request line holds the whole URL): notes it, forwards it."""
+
+    seen: list[str] = []
+
+    def do_GET(self):
+        import urllib.error
+        import urllib.request
+
+        type(self).seen.append(self.path)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            reply = opener.open(urllib.request.Request(self.path, headers=headers))
+        except urllib.error.HTTPError as e:  # relayed as it is
+            reply = e
+        with reply:
+            body = reply.read()
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
 # --- gzip-encoded objects: inflated as the storage client does, never past the limit --------
@@ -133,7 +205,7 @@ def test_a_gzip_bomb_in_a_bucket_is_too_large_and_holds_nothing(bucket):
     blob.upload_from_string(gzip.compress(bytes(20 * MB), compresslevel=1))
     budget = ByteBudget(8 * MB)
     with pytest.raises(v.ImageError) as raised:
-        gcs.GcsReader(2, {}).read(f"gs://{bucket}/bomb.jpg", 4 * MB, MB, budget)
+        gcs.GcsReader({}).read(f"gs://{bucket}/bomb.jpg", 4 * MB, MB, budget)
     assert raised.value.reason == v.TOO_LARGE
     assert budget.used == 0
 
@@ -175,7 +247,7 @@ def test_impersonation_reaches_the_reader(fresh_beam_credentials):
     from google.auth import impersonated_credentials
 
     options = {"impersonate_service_account": "reader@labels-project.iam.gserviceaccount.com"}
-    credentials = gcs.GcsReader(2, options).credentials
+    credentials = gcs.GcsReader(options).credentials
     assert isinstance(credentials, impersonated_credentials.Credentials)
     assert credentials.service_account_email == options["impersonate_service_account"]
 
@@ -255,7 +327,7 @@ def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, monkey
     try:
         options = gcs.job_options(PipelineOptions(JOB))
         gcs.check_buckets(["gs://photos/a.jpg"], options)
-        got = gcs.GcsReader(2, options).read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
+        got = gcs.GcsReader(options).read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
         job = gcs.access(options).client
         assert storage.Blob("a.jpg", job.bucket("photos")).download_as_bytes() == got
     finally:
@@ -460,7 +532,7 @@ def faulty(request, bucket, sample_jpeg, monkeypatch):
     def through(*faults: Fault) -> gcs.GcsReader:
         proxies.append(LatencyProxy(port, delay=0, faults=faults).start())
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxies[-1].endpoint)
-        return gcs.GcsReader(2, {})
+        return gcs.GcsReader({})
 
     yield through, f"gs://{bucket}/photo.jpg"
     for proxy in proxies:

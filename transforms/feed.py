@@ -137,7 +137,7 @@ class Feeder:
     def _gcs_reader(self) -> gcs.GcsReader:
         with self._gcs_lock:
             if self._gcs is None:
-                self._gcs = gcs.GcsReader(self.read_concurrency, self.storage_options)
+                self._gcs = gcs.GcsReader(self.storage_options)
             return self._gcs
 
     def _read(self, work: Work, image_size: int, max_pixels: int, done: queue.SimpleQueue):

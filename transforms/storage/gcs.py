@@ -2,10 +2,11 @@
 client Beam's GcsIO would make (credentials, project, headers), for the reads (feed.py), the
 start-up bucket check (pipeline/config.py) and listings.
 
-Reads are one GET of an object's media on google-auth's urllib3 transport, not the storage
-client's download: under 32 reads in flight that cost 2.5 ms of CPU per object, most of it
-in requests' per-request machinery under the GIL, against 0.9 ms here (benchmark machine).
-tests/test_gcs_contract.py holds the reader to the client's download_as_bytes.
+Reads are one GET of an object's media on libcurl (curl_get.py), not the storage client's
+download: under 32 reads in flight that cost 2.5 ms of CPU per object, most of it in
+requests' per-request machinery under the GIL, several times this reader's
+(docs/performance.md). tests/test_gcs_contract.py holds the reader to the client's
+download_as_bytes.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import dataclasses
 import hashlib
 import os
 import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from transforms import vocabulary as v
-from transforms.storage.bounded import ByteBudget, read_at_most, too_large
+from transforms.storage.bounded import ByteBudget, too_large
+from transforms.storage.curl_get import Getter, Reply, environment_route
 from transforms.storage.listing import Listed
-from transforms.storage.retries import ChecksumMismatch, ShortBody, with_retries
+from transforms.storage.retries import ChecksumMismatch, with_retries
 from transforms.storage.uris import gcs_buckets, split_gcs
 
 TIMEOUT_S = 60  # connect and read, as the storage client's default
@@ -234,39 +235,22 @@ def gunzip_at_most(data: bytes, max_bytes: int, uri: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def environment_pool(endpoint: str, size: int) -> Any:
-    """A urllib3 pool of `size` connections per host, set up as requests would be from the
-    environment for this endpoint: its proxy (unless NO_PROXY bypasses it) and CA bundle
-    (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or certifi's)."""
-    import certifi
-    import urllib3
-
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    settings = dict(maxsize=size, ca_certs=bundle or certifi.where(), cert_reqs="CERT_REQUIRED")
-    parts = urllib.parse.urlsplit(endpoint)
-    proxy = urllib.request.getproxies_environment().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass_environment(parts.hostname or ""):
-        return urllib3.ProxyManager(proxy, **settings)
-    return urllib3.PoolManager(**settings)
-
-
 class GcsReader:
-    """Reads gs:// objects whole and bounded, up to `connections` at once, as the job: the
-    credentials, endpoint and headers of access(options), retried as retries.py says."""
+    """Reads gs:// objects whole and bounded, as the job: the credentials, endpoint and
+    headers of access(options), on libcurl (curl_get.py), retried as retries.py says."""
 
-    def __init__(self, connections: int, options: Mapping | Any = None):
-        import urllib3
-        from google.auth.transport.urllib3 import AuthorizedHttp
+    def __init__(self, options: Mapping | Any = None):
+        import google.auth.transport.requests
 
         job = access(options)
         self.endpoint = job.client.api_endpoint
         # Kept for a test: impersonation, seen on a request instead, would need Google's IAM API.
         self.credentials = job.credentials
+        self._refreshable = not job.anonymous
         # Accept-Encoding: the bytes as stored, which the checksums are of (gzip inflated here).
         self.headers = {**job.headers, "Accept-Encoding": "gzip"}
-        pool = environment_pool(self.endpoint, connections + 4)
-        self._http = AuthorizedHttp(job.credentials, http=pool)
-        self._timeout = urllib3.Timeout(connect=TIMEOUT_S, read=TIMEOUT_S)
+        self._getter = Getter(environment_route(self.endpoint), TIMEOUT_S)
+        self._auth = google.auth.transport.requests.Request()  # what refreshes a token
 
     def read(self, uri: str, max_bytes: int, unknown_size: int, budget: ByteBudget) -> bytes:
         """The object's bytes, as the storage client's download_as_bytes gives them (one
@@ -278,49 +262,58 @@ class GcsReader:
         until read. A body shorter than its Content-Length raises ShortBody, bytes that do not
         match the stored checksum ChecksumMismatch; those and other transient faults are
         tried again (retries.with_retries); 404 raises NotFound and 403 Forbidden
-        (google.api_core.exceptions), at once.
+        (google.api_core.exceptions), at once. A 401 refreshes the token and asks once more.
         """
         return with_retries(lambda: self._attempt(uri, max_bytes, unknown_size, budget))
 
     def _attempt(self, uri: str, max_bytes: int, unknown_size: int, budget: ByteBudget):
         from google.api_core import exceptions
 
-        response = self._http.request(
-            "GET",
-            media_url(self.endpoint, uri),
-            headers=self.headers,
-            preload_content=False,
-            decode_content=False,
-            retries=False,  # the retry policy above decides
-            timeout=self._timeout,
-        )
-        whole = False
-        try:
-            if response.status != 200:
-                detail = response.read(ERROR_BODY_BYTES).decode("utf-8", "replace").strip()
-                raise exceptions.from_http_status(
-                    response.status, f"GET {uri}: {response.status} {detail[:500]}"
-                )
-            announced = response.headers.get("Content-Length")
+        held = 0  # bytes of the budget this attempt holds
+
+        def body_limit(status: int, headers: dict[str, str]) -> int:
+            nonlocal held
+            if status != 200:
+                return ERROR_BODY_BYTES  # the start of an error reply, for its message
+            announced = headers.get("content-length")
             expected = int(announced) if announced is not None else min(unknown_size, max_bytes)
             if announced is not None and expected > max_bytes:
                 raise too_large(uri, expected, max_bytes)
-            gzipped = response.headers.get("Content-Encoding", "").strip().lower() == "gzip"
             budget.acquire(expected)
-            try:
-                data = read_at_most(response.read, expected, max_bytes, uri)
-                if announced is not None and len(data) < expected:
-                    raise ShortBody(f"{uri}: {len(data):,} of the {expected:,} bytes announced")
-                check_hash(response.headers.get("x-goog-hash"), data, uri)
-                if gzipped:
-                    data = gunzip_at_most(data, max_bytes, uri)
-            except BaseException:
-                budget.release(expected)
-                raise
-            budget.resize(expected, len(data))
-            whole = True
-            return data
-        finally:
-            if not whole:
-                response.close()  # an unread body: the connection is not reused
-            response.release_conn()
+            held = expected
+            return max_bytes
+
+        try:
+            reply = self._get(uri, body_limit)
+            if reply.status != 200:
+                detail = reply.body[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
+                raise exceptions.from_http_status(
+                    reply.status, f"GET {uri}: {reply.status} {detail[:500]}"
+                )
+            data = reply.body
+            if len(data) > max_bytes:
+                raise too_large(uri, min(len(data), max_bytes + 1), max_bytes)
+            check_hash(reply.headers.get("x-goog-hash"), data, uri)
+            if reply.headers.get("content-encoding", "").strip().lower() == "gzip":
+                data = gunzip_at_most(data, max_bytes, uri)
+        except BaseException:
+            budget.release(held)
+            raise
+        budget.resize(held, len(data))
+        return data
+
+    def _get(self, uri: str, body_limit) -> Reply:
+        """GET the object's media as the job; after a 401, once more with a refreshed token
+        (as google-auth's own transports do)."""
+        url = media_url(self.endpoint, uri)
+        reply = self._getter.get(url, self._signed(url), body_limit, uri)
+        if reply.status == 401 and self._refreshable:
+            self.credentials.refresh(self._auth)
+            reply = self._getter.get(url, self._signed(url), body_limit, uri)
+        return reply
+
+    def _signed(self, url: str) -> dict[str, str]:
+        """The job's headers and its credentials' (a token refreshed first if it expired)."""
+        headers = dict(self.headers)
+        self.credentials.before_request(self._auth, "GET", url, headers)
+        return headers
