@@ -110,7 +110,7 @@ class Getter:
         curl = self._handle()
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in headers.items()])
-        curl.setopt(pycurl.HEADERFUNCTION, reply.header)
+        curl.setopt(pycurl.HEADERFUNCTION, reply.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, reply.write)
         try:
             curl.perform()
@@ -118,44 +118,54 @@ class Getter:
             if reply.raised is not None:
                 raise reply.raised from None
             if not reply.cut:
+                reply.parse()
                 raise transport_fault(what, e, reply) from None
-        if reply.raised is not None:
-            raise reply.raised
+        if reply.limit < 0:  # no body: its limit was not asked for yet
+            reply.headers_in()
         return Reply(reply.status, reply.headers, b"".join(reply.parts))
 
 
 class _Receiving:
-    """One reply as libcurl hands it over: its header lines, then its body's chunks. The
-    callbacks never raise (pycurl would print the exception): they keep it and stop."""
+    """One reply as libcurl hands it over: its header lines (kept as they come), then its
+    body's chunks; the headers are read when the first chunk comes. The callback never raises
+    (pycurl would print the exception): it keeps it and stops the transfer."""
 
     def __init__(self, body_limit: Callable[[int, dict[str, str]], int]):
         self.body_limit = body_limit
+        self.lines: list[bytes] = []
         self.status = 0
         self.headers: dict[str, str] = {}
         self.parts: list[bytes] = []
         self.received = 0
-        self.limit = -1  # not yet known: the headers are not all in
+        self.limit = -1  # not yet known: the headers are not read
         self.cut = False
         self.raised: BaseException | None = None
 
-    def header(self, line: bytes) -> int | None:
-        try:
-            if line.startswith(b"HTTP/"):  # a status line: a new reply (after a 1xx)
-                self.status, self.headers = int(line.split(None, 2)[1]), {}
-            elif line.strip():
-                name, _, value = line.decode("latin-1").partition(":")
+    def parse(self) -> None:
+        """The status and headers of the last reply among the lines (a 1xx comes first)."""
+        starts = [i for i, line in enumerate(self.lines) if line.startswith(b"HTTP/")]
+        if not starts:
+            return
+        self.status, self.headers = int(self.lines[starts[-1]].split(None, 2)[1]), {}
+        for line in self.lines[starts[-1] + 1 :]:
+            name, colon, value = line.decode("latin-1").partition(":")
+            if colon:
                 self.headers[name.strip().lower()] = value.strip()
-            elif self.status >= 200:  # the blank line after a final reply's headers
-                self.limit = self.body_limit(self.status, self.headers)
-        except BaseException as e:  # body_limit's refusal, or a malformed status line
-            self.raised = e
-            return -1
-        return None
+
+    def headers_in(self) -> None:
+        self.parse()
+        self.limit = self.body_limit(self.status, self.headers)
 
     def write(self, chunk: bytes) -> int | None:
+        if self.limit < 0:
+            try:
+                self.headers_in()
+            except BaseException as e:  # body_limit's refusal, or a malformed status line
+                self.raised = e
+                return -1
         self.parts.append(chunk)
         self.received += len(chunk)
-        if self.received > self.limit >= 0:
+        if self.received > self.limit:
             self.cut = True
             return -1
         return None

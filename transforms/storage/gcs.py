@@ -258,17 +258,16 @@ class GcsReader:
         len(result) bytes are held in `budget`.
 
         One request: an object whose announced size is above max_bytes is refused from the
-        headers, its body unread; one whose size is not announced holds `unknown_size` bytes
-        until read. A body shorter than its Content-Length raises ShortBody, bytes that do not
-        match the stored checksum ChecksumMismatch; those and other transient faults are
-        tried again (retries.with_retries); 404 raises NotFound and 403 Forbidden
+        headers, no more of its body read than libcurl's first chunk (16 KB); one whose size
+        is not announced holds `unknown_size` bytes until read. A body shorter than its
+        Content-Length raises ShortBody, bytes that do not match the stored checksum
+        ChecksumMismatch; those and other transient faults are tried again
+        (retries.with_retries); 404 raises NotFound and 403 Forbidden
         (google.api_core.exceptions), at once. A 401 refreshes the token and asks once more.
         """
         return with_retries(lambda: self._attempt(uri, max_bytes, unknown_size, budget))
 
     def _attempt(self, uri: str, max_bytes: int, unknown_size: int, budget: ByteBudget):
-        from google.api_core import exceptions
-
         held = 0  # bytes of the budget this attempt holds
 
         def body_limit(status: int, headers: dict[str, str]) -> int:
@@ -286,6 +285,8 @@ class GcsReader:
         try:
             reply = self._get(uri, body_limit)
             if reply.status != 200:
+                from google.api_core import exceptions
+
                 detail = reply.body[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
                 raise exceptions.from_http_status(
                     reply.status, f"GET {uri}: {reply.status} {detail[:500]}"
