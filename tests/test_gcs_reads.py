@@ -343,6 +343,55 @@ def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, monkey
     assert read["user-agent"].startswith("apache-beam/")
 
 
+class _RefusesFirst(_Recorder):
+    """_Recorder, but the first media download is refused with 401 (an expired token)."""
+
+    def do_GET(self):
+        if "alt=media" in self.path and not any("alt=media" in p for p, _ in self.seen):
+            self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@pytest.mark.parametrize("signed_in", [True, False])
+def test_a_401_refreshes_the_token_and_asks_once_more(
+    signed_in, fresh_beam_credentials, monkeypatch
+):
+    """As google-auth's own transports do; without credentials there is nothing to refresh:
+    the 401 is the read's error (no access)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusesFirst)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+    if not signed_in:  # Beam finds no credentials: the reads go anonymously
+        monkeypatch.setattr("apache_beam.internal.gcp.auth.get_service_credentials", no_one)
+    _Recorder.seen = []
+    try:
+        reader = gcs.GcsReader(gcs.job_options(PipelineOptions(JOB)))
+        refreshes = []
+        refresh = reader.credentials.refresh
+        reader.credentials.refresh = lambda request: (refreshes.append(1), refresh(request))
+        if signed_in:
+            assert reader.read("gs://photos/a.jpg", MB, MB, ByteBudget(MB)) == b"image"
+        else:
+            with pytest.raises(api_exceptions.Unauthorized) as raised:
+                reader.read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
+            assert v.reason_for(v.READ, raised.value) == v.NO_ACCESS
+    finally:
+        server.shutdown()
+    downloads = [h for path, h in _Recorder.seen if "alt=media" in path]
+    # Signed in: the first token, then a fresh one after the 401.
+    assert (len(downloads), len(refreshes)) == ((2, 2) if signed_in else (1, 0))
+    if signed_in:
+        assert downloads[1]["authorization"] == "Bearer test-token"
+
+
+def no_one(options):
+    return None
+
+
 # --- listings ---------------------------------------------------------------------------
 
 
