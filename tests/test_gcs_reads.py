@@ -8,8 +8,11 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import http.server
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import tracemalloc
 import types
@@ -137,6 +140,82 @@ def test_connection_faults_and_timeouts_are_transient_and_others_are_not():
         getter.get("nope://127.0.0.1/o", {}, take, "gs://b/o")
     kinds = [retries.fault_kind(e.value) for e in (refused, timed_out, own)]
     assert kinds == [retries.TRANSIENT, retries.TRANSIENT, retries.PERMANENT]
+
+
+# A process that loaded TensorFlow first (its library exports a libcurl and an SSL library of
+# its own, with RTLD_GLOBAL) reads over HTTPS on pycurl's libcurl and OpenSSL.
+AFTER_TENSORFLOW = """
+import datetime, http.server, json, ssl, sys, tempfile, threading
+import tensorflow
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from transforms.storage import curl_get
+
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+now = datetime.datetime.now(datetime.UTC)
+ip = x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))
+cert = (
+    x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+    .not_valid_after(now + datetime.timedelta(hours=1))
+    .add_extension(x509.SubjectAlternativeName([ip]), critical=False).sign(key, hashes.SHA256())
+)
+folder = tempfile.mkdtemp()
+with open(f"{folder}/cert.pem", "wb") as f:
+    f.write(cert.public_bytes(serialization.Encoding.PEM))
+with open(f"{folder}/key.pem", "wb") as f:
+    f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+class Photo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"image")
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Photo)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"https://127.0.0.1:{server.server_port}/o"
+trusting = curl_get.Getter(curl_get.Route("", f"{folder}/cert.pem"), timeout_s=5)
+body = trusting.get(url, {}, lambda status, headers: 100, "gs://b/o").body
+untrusting = curl_get.Getter(curl_get.Route("", sys.argv[1]), timeout_s=5)
+try:
+    untrusting.get(url, {}, lambda status, headers: 100, "gs://b/o")
+    refused = ""
+except curl_get.TransportError as e:
+    refused = str(e)
+print(json.dumps([curl_get.pycurl.version, body.decode(), refused]))
+"""
+
+
+def test_reads_over_https_on_pycurl_s_own_libraries_after_tensorflow():
+    """TensorFlow imported first, as a worker that loaded its model before its first read
+    would have: the libcurl and OpenSSL of pycurl's wheel serve the read, a certificate the
+    CA bundle does not vouch for is refused."""
+    import certifi
+
+    child = subprocess.run(
+        [sys.executable, "-c", AFTER_TENSORFLOW, certifi.where()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    version, body, refused = json.loads(child.stdout.strip().splitlines()[-1])
+    assert version == curl_get.pycurl.version  # the same libcurl and OpenSSL as without TensorFlow
+    assert "OpenSSL/" in version and body == "image"
+    assert "libcurl error 60" in refused  # the peer's certificate not verified
 
 
 class _Forwarder(http.server.BaseHTTPRequestHandler):

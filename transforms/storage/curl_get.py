@@ -10,16 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 
-import pycurl
-
 from transforms.storage.retries import ShortBody
 
-BUFFER_BYTES = 128 << 10  # what libcurl hands over at a time (its default: 16 KB)
+
+def _load_pycurl():
+    """pycurl, bound to the libcurl (and OpenSSL) its wheel brings. TensorFlow loads its
+    framework library with RTLD_GLOBAL, and that library exports a libcurl and an SSL library
+    of its own: imported after TensorFlow, pycurl would bind to those (it then refuses to load,
+    "libcurl link-time version (8.11.0) is older than compile-time version"). RTLD_DEEPBIND
+    puts pycurl's own libraries first, whichever came first (glibc's; other systems keep each
+    library's symbols apart anyway)."""
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
+    try:
+        import pycurl
+    finally:
+        sys.setdlopenflags(flags)
+    return pycurl
+
+
+pycurl = _load_pycurl()
+
 
 # libcurl's error codes (curl/curl.h) for faults of the connection, tried again; any other is
 # this request's own (a bad certificate, a malformed URL) and is not.
@@ -90,7 +107,6 @@ class Getter:
             curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # under 1 byte/s for timeout_s: timed out
             curl.setopt(pycurl.LOW_SPEED_TIME, int(self.timeout_s))
             curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-            curl.setopt(pycurl.BUFFERSIZE, BUFFER_BYTES)
         return curl
 
     def get(
