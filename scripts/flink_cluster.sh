@@ -157,17 +157,37 @@ esac
 dist=$cache/flink/flink-$version
 if [ ! -f "$dist/.complete" ]; then
   echo "flink_cluster.sh: fetching Flink $version (apache-flink-libraries from PyPI) into $dist" >&2
-  fetch=$(mktemp -d "${TMPDIR:-/tmp}/flink-dist.XXXXXX")
+  # Made whole beside the cache, then renamed into place in one step: starts that fetch at the
+  # same time (tests on two workers) each make their own, the first renamed in stays, and no
+  # start ever sees a half-made or removed distribution.
+  mkdir -p "$cache/flink"
+  fetch=$(mktemp -d "$cache/flink/.fetch.XXXXXX")
   trap 'rm -rf "$fetch"' EXIT
   python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
     "apache-flink-libraries==$version" -d "$fetch" >"$fetch/pip.log" 2>&1 ||
     { tail -3 "$fetch/pip.log" >&2; die "unavailable: pip could not fetch apache-flink-libraries==$version" 3; }
   tar -xzf "$fetch"/apache-flink-libraries-*.tar.gz -C "$fetch" --strip-components=2 \
     --wildcards '*/deps/lib/*' '*/deps/bin/*'
-  rm -rf "$dist"
-  mkdir -p "$dist"
-  mv "$fetch/lib" "$fetch/bin" "$dist/"
-  touch "$dist/.complete"
+  mkdir "$fetch/dist"
+  mv "$fetch/lib" "$fetch/bin" "$fetch/dist/"
+  touch "$fetch/dist/.complete"
+  # In place unless another start's is; a folder there without .complete (a fetch cut short by
+  # an earlier version of this script) is moved aside first.
+  python3 -c 'import os, sys
+made, dist = sys.argv[1], sys.argv[2]
+for _ in range(5):
+    try:
+        os.rename(made, dist)
+        break
+    except OSError:
+        if os.path.isfile(os.path.join(dist, ".complete")):
+            break
+        try:
+            os.rename(dist, made + ".unfinished")
+        except OSError:
+            pass
+else:
+    sys.exit(f"flink_cluster.sh: error: could not put Flink in place at {dist}")' "$fetch/dist" "$dist"
   rm -rf "$fetch"
   trap - EXIT
 fi
