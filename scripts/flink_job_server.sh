@@ -77,9 +77,10 @@ if [ -n "$sdk" ] && [ -z "$fallback_only" ]; then
     if mvn -B -q dependency:get -Dtransitive=false \
       -Dartifact="org.apache.beam:$official:$sdk" >"$cache/flink/.mvn-get.log" 2>&1; then
       repo=$(mvn -B -q help:evaluate -Dexpression=settings.localRepository -DforceStdout 2>/dev/null)
+      # Copied beside it, then renamed in (one step, whoever else fetches it at once).
       cp "${repo:-$HOME/.m2/repository}/org/apache/beam/$official/$sdk/$official-$sdk.jar" \
-        "$cache/flink/$official-$sdk.jar.tmp"
-      mv "$cache/flink/$official-$sdk.jar.tmp" "$cache/flink/$official-$sdk.jar"
+        "$cache/flink/$official-$sdk.jar.$$"
+      mv "$cache/flink/$official-$sdk.jar.$$" "$cache/flink/$official-$sdk.jar"
       echo "$cache/flink/$official-$sdk.jar"
       exit 0
     fi
@@ -97,8 +98,11 @@ if [ -f "$home/.complete" ] && [ -f "$jar" ]; then
 fi
 
 rm -rf "$cache/flink/job-server-$beam-flink$flink" # the earlier layout (a lib/ folder)
-# A fresh folder each time; moved into place only when complete.
-work=$(mktemp -d "${TMPDIR:-/tmp}/flink-job-server.XXXXXX")
+# A fresh folder each time, in the cache's own folder (one filesystem), so the jar is renamed
+# into place in one step: a start running the jar already, or building it at the same time,
+# never sees it half written.
+mkdir -p "$cache/flink"
+work=$(mktemp -d "$cache/flink/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/src" "$work/classes"
 cat >"$work/pom.xml" <<POM
