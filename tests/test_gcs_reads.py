@@ -289,6 +289,44 @@ def test_a_gzip_bomb_in_a_bucket_is_too_large_and_holds_nothing(bucket):
     assert budget.used == 0
 
 
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """A media download whose size is not announced and whose body never ends (chunked)."""
+
+    protocol_version = "HTTP/1.1"
+    sent = 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"%x\r\n%s\r\n" % (64 << 10, bytes(64 << 10))
+        try:
+            while True:
+                self.wfile.write(chunk)
+                type(self).sent += 64 << 10
+        except OSError:  # the reader hung up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_endless_body_of_no_announced_size_is_too_large_and_holds_nothing(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr("apache_beam.internal.gcp.auth.get_service_credentials", no_one)
+    budget = ByteBudget(8 * MB)
+    try:
+        with pytest.raises(v.ImageError) as raised:
+            gcs.GcsReader({}).read("gs://photos/endless.jpg", 2 * MB, MB, budget)
+    finally:
+        server.shutdown()
+    assert raised.value.reason == v.TOO_LARGE and "--max_object_mb" in str(raised.value)
+    assert budget.used == 0
+    assert _Endless.sent < 16 * MB  # the reader stopped taking it past the limit
+
+
 # --- one credentials path: the job's options, as Beam's own storage client reads them ------
 
 JOB = [
