@@ -145,7 +145,7 @@ def test_connection_faults_and_timeouts_are_transient_and_others_are_not():
 # A process that loaded TensorFlow first (its library exports a libcurl and an SSL library of
 # its own, with RTLD_GLOBAL) reads over HTTPS on pycurl's libcurl and OpenSSL.
 AFTER_TENSORFLOW = """
-import datetime, http.server, json, ssl, sys, tempfile, threading
+import datetime, http.server, json, shutil, ssl, sys, tempfile, threading
 import tensorflow
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -194,6 +194,8 @@ try:
     refused = ""
 except curl_get.TransportError as e:
     refused = str(e)
+server.shutdown()
+shutil.rmtree(folder)
 print(json.dumps([curl_get.pycurl.version, body.decode(), refused]))
 """
 
