@@ -18,14 +18,16 @@ import os
 import urllib.parse
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transforms import vocabulary as v
 from transforms.storage.bounded import ByteBudget, too_large
-from transforms.storage.curl_get import Getter, Reply, environment_route
 from transforms.storage.listing import Listed
 from transforms.storage.retries import ChecksumMismatch, with_retries
 from transforms.storage.uris import gcs_buckets, split_gcs
+
+if TYPE_CHECKING:
+    from transforms.storage.curl_get import Reply
 
 TIMEOUT_S = 60  # connect and read, as the storage client's default
 ERROR_BODY_BYTES = 64 << 10  # the most of an error reply kept for its message
@@ -241,6 +243,9 @@ class GcsReader:
 
     def __init__(self, options: Mapping | Any = None):
         import google.auth.transport.requests
+
+        # Loaded with the first gs:// read, as google-auth is: a local run never loads libcurl.
+        from transforms.storage.curl_get import Getter, environment_route
 
         job = access(options)
         self.endpoint = job.client.api_endpoint
