@@ -6,6 +6,7 @@ has them) on reads and the bucket check, and listings in pages."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gzip
 import http.server
 import json
@@ -16,6 +17,7 @@ import sys
 import threading
 import tracemalloc
 import types
+from collections.abc import Iterator
 
 import pytest
 import urllib3
@@ -75,6 +77,23 @@ def clear_proxy_env(monkeypatch):
     monkeypatch.delenv("no_proxy", raising=False)
 
 
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on loopback, on threads of this process: yields its endpoint."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def no_one(options):
+    """In place of Beam's get_service_credentials: no credentials found, reads go anonymously."""
+    return None
+
+
 def test_the_environment_s_proxy_and_ca_bundle_are_used(monkeypatch, tmp_path):
     clear_proxy_env(monkeypatch)
     bundle = tmp_path / "ca.pem"
@@ -105,17 +124,13 @@ def test_reads_go_through_the_environment_s_proxy(bucket, sample_jpeg, monkeypat
 
     storage.Client().bucket(bucket).blob("photo.jpg").upload_from_string(sample_jpeg)
     endpoint = os.environ["STORAGE_EMULATOR_HOST"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forwarder)
     _Forwarder.seen = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     clear_proxy_env(monkeypatch)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
-    try:
+    with serving(_Forwarder) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
         got = gcs.GcsReader({}).read(f"gs://{bucket}/photo.jpg", MB, MB, ByteBudget(MB))
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         again = gcs.GcsReader({}).read(f"gs://{bucket}/photo.jpg", MB, MB, ByteBudget(MB))
-    finally:
-        server.shutdown()
     assert got == again == sample_jpeg
     reads = [url for url in _Forwarder.seen if "alt=media" in url]
     assert reads == [f"{endpoint}/download/storage/v1/b/{bucket}/o/photo.jpg?alt=media"]
@@ -314,16 +329,12 @@ class _Endless(http.server.BaseHTTPRequestHandler):
 
 
 def test_an_endless_body_of_no_announced_size_is_too_large_and_holds_nothing(monkeypatch):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setattr("apache_beam.internal.gcp.auth.get_service_credentials", no_one)
     budget = ByteBudget(8 * MB)
-    try:
+    with serving(_Endless) as endpoint:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
         with pytest.raises(v.ImageError) as raised:
             gcs.GcsReader({}).read("gs://photos/endless.jpg", 2 * MB, MB, budget)
-    finally:
-        server.shutdown()
     assert raised.value.reason == v.TOO_LARGE and "--max_object_mb" in str(raised.value)
     assert budget.used == 0
     assert _Endless.sent < 16 * MB  # the reader stopped taking it past the limit
@@ -410,12 +421,10 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder(monkeypatch) -> type[_Recorder]:
     """_Recorder serving on loopback as the storage endpoint; its `seen` starts empty."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
-    _Recorder.seen = []
-    yield _Recorder
-    server.shutdown()
+    with serving(_Recorder) as endpoint:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        _Recorder.seen = []
+        yield _Recorder
 
 
 def test_the_lease_is_written_as_the_job(fresh_beam_credentials, recorder):
@@ -434,26 +443,19 @@ def test_the_lease_is_written_as_the_job(fresh_beam_credentials, recorder):
         assert headers["user-agent"].startswith("apache-beam/")
 
 
-def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, monkeypatch):
+def test_reads_and_the_bucket_check_go_as_the_job(fresh_beam_credentials, recorder):
     """The same token and the job's headers on the start-up check and on a read, as on the
     storage client's own download."""
     from google.cloud import storage
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
-    _Recorder.seen = []
-    try:
-        options = gcs.job_options(PipelineOptions(JOB))
-        gcs.check_buckets(["gs://photos/a.jpg"], options)
-        got = gcs.GcsReader(options).read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
-        job = gcs.access(options).client
-        assert storage.Blob("a.jpg", job.bucket("photos")).download_as_bytes() == got
-    finally:
-        server.shutdown()
+    options = gcs.job_options(PipelineOptions(JOB))
+    gcs.check_buckets(["gs://photos/a.jpg"], options)
+    got = gcs.GcsReader(options).read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
+    job = gcs.access(options).client
+    assert storage.Blob("a.jpg", job.bucket("photos")).download_as_bytes() == got
     # (The client also fetches the bucket's metadata on the way.)
-    [check] = [h for path, h in _Recorder.seen if path.startswith("/storage/v1/b/photos/o?")]
-    read, client = [h for path, h in _Recorder.seen if "alt=media" in path]
+    [check] = [h for path, h in recorder.seen if path.startswith("/storage/v1/b/photos/o?")]
+    read, client = [h for path, h in recorder.seen if "alt=media" in path]
     for headers in (check, read):
         assert headers["authorization"] == client["authorization"] == "Bearer test-token"
         assert headers["x-goog-custom-audit-job"] == "nightly-labels"
@@ -481,13 +483,11 @@ def test_a_401_refreshes_the_token_and_asks_once_more(
 ):
     """As google-auth's own transports do; without credentials there is nothing to refresh:
     the 401 is the read's error (no access)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusesFirst)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
     if not signed_in:  # Beam finds no credentials: the reads go anonymously
         monkeypatch.setattr("apache_beam.internal.gcp.auth.get_service_credentials", no_one)
     _Recorder.seen = []
-    try:
+    with serving(_RefusesFirst) as endpoint:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
         reader = gcs.GcsReader(gcs.job_options(PipelineOptions(JOB)))
         refreshes = []
         refresh = reader.credentials.refresh
@@ -498,17 +498,11 @@ def test_a_401_refreshes_the_token_and_asks_once_more(
             with pytest.raises(api_exceptions.Unauthorized) as raised:
                 reader.read("gs://photos/a.jpg", MB, MB, ByteBudget(MB))
             assert v.reason_for(v.READ, raised.value) == v.NO_ACCESS
-    finally:
-        server.shutdown()
     downloads = [h for path, h in _Recorder.seen if "alt=media" in path]
     # Signed in: the first token, then a fresh one after the 401.
     assert (len(downloads), len(refreshes)) == ((2, 2) if signed_in else (1, 0))
     if signed_in:
         assert downloads[1]["authorization"] == "Bearer test-token"
-
-
-def no_one(options):
-    return None
 
 
 # --- listings ---------------------------------------------------------------------------
