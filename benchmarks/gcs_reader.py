@@ -50,6 +50,7 @@ def our_reader(in_flight: int) -> Callable[[str], bytes]:
     from transforms.storage import gcs
     from transforms.storage.bounded import MB, ByteBudget
 
+    del in_flight  # a libcurl handle per calling thread: no pool to size
     reader = gcs.GcsReader({})
     budget = ByteBudget(1 << 40)
 
